@@ -43,7 +43,7 @@ func NewNode(name string, controlPlane bool) *corev1.Node {
 			},
 			Annotations: map[string]string{
 				// kwok takes over nodes carrying this annotation.
-				"kwok.x-k8s.io/node":            "fake",
+				"kwok.x-k8s.io/node":           "fake",
 				"node.alpha.kubernetes.io/ttl": "0",
 			},
 		},

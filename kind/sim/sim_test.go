@@ -1,8 +1,8 @@
 package sim_test
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -328,7 +328,6 @@ func TestStopEndsEveryProcessAndRemovesItsData(t *testing.T) {
 		t.Errorf("second Stop: %v", err)
 	}
 }
-
 
 func TestClusterOfAKilledTestIsSweptAway(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
