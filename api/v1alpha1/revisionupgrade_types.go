@@ -376,6 +376,11 @@ type PinRecord struct {
 	// Value of nodeSelector[nodeLabel] before the upgrade; absent when unset.
 	// +optional
 	Value *string `json:"value,omitempty"`
+	// Affinity is the JSON of the pod template's affinity before the upgrade ("null"
+	// when unset), recorded when ztcanary changes its node affinity (ztunnel
+	// DaemonSets during a Handoff).
+	// +optional
+	Affinity string `json:"affinity,omitempty"`
 }
 
 // RevisionUpgradeStatus tells where the upgrade is and why it waits.
