@@ -267,9 +267,9 @@ func (e *env) waitPhase(name string, timeout time.Duration, phases ...ztv1.Phase
 
 // orchestratorProc is a running ztcanary-orchestrator.
 type orchestratorProc struct {
-	cmd  *exec.Cmd
-	logs *bytes.Buffer
-	mu   *sync.Mutex
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	mu     *sync.Mutex
 	done   chan struct{} // closed when the process exited
 	killed bool
 }
