@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -67,13 +66,10 @@ type Reconciler struct {
 	// MaxEvictions bounds evictions per node and pass (default 10).
 	MaxEvictions int
 
-	requests atomic.Int64
 }
 
-// Requests returns how many node patches and evictions the reconciler sent.
-func (r *Reconciler) Requests() int64 { return r.requests.Load() }
-
-func (r *Reconciler) countRequest() { r.requests.Add(1) }
+// countWrite counts one write to the API server, for the API-cost figures.
+func countWrite(kind string) { apiWrites.WithLabelValues(kind).Inc() }
 
 // SetupWithManager registers the reconciler: RevisionUpgrades, and every object whose
 // change can unblock an upgrade (nodes, pods, DaemonSets, Deployments, NodeCaptures),
@@ -83,6 +79,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.Clock = clock.RealClock{}
 	}
 	active := handler.EnqueueRequestsFromMapFunc(r.activeUpgrades)
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Pod{}, podNodeIndex, indexPodNode); err != nil {
+		return fmt.Errorf("index pods by node: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("revisionupgrade").
 		For(&ztv1.RevisionUpgrade{}).
@@ -128,6 +127,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl
 	res, err := r.reconcile(ctx, log, u)
 	if !equality.Semantic.DeepEqual(before.Status, u.Status) {
 		u.Status.ObservedGeneration = u.Generation
+		countWrite("status")
 		if perr := r.Client.Status().Patch(ctx, u, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); perr != nil {
 			if apierrors.IsConflict(perr) {
 				return ctrl.Result{Requeue: true}, nil
@@ -313,11 +313,15 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 		}
 		return ctrl.Result{}, nil
 	}
-	w, err := r.readWorld(ctx, u)
-	if err != nil {
-		return ctrl.Result{}, err
+	var live corev1.NodeList
+	if err := r.Client.List(ctx, &live, client.UnsafeDisableDeepCopy); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list nodes: %w", err)
 	}
-	if added := chooseNodes(u.Status.Nodes, int32(i), want, w.nodes); added > 0 {
+	liveNodes := make(map[string]*corev1.Node, len(live.Items))
+	for k := range live.Items {
+		liveNodes[live.Items[k].Name] = &live.Items[k]
+	}
+	if added := chooseNodes(u.Status.Nodes, int32(i), want, liveNodes); added > 0 {
 		for j := range u.Status.Nodes {
 			if u.Status.Nodes[j].Step == int32(i) && u.Status.Nodes[j].Phase == ztv1.NodeStable {
 				u.Status.Nodes[j].Phase = ztv1.NodeMoving
@@ -325,6 +329,16 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 		}
 		u.Status.Message = fmt.Sprintf("step %d: moving %d more nodes to %s", i, added, u.Spec.To)
 		return ctrl.Result{}, nil // the choice is recorded before any node is touched
+	}
+	var moving []string
+	for _, n := range u.Status.Nodes {
+		if n.Step >= 0 && n.Step <= int32(i) && n.Phase != ztv1.NodeCanary {
+			moving = append(moving, n.Name)
+		}
+	}
+	w, err := r.readWorld(ctx, u, moving)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	assigned, done := 0, 0
 	var waiting []string

@@ -25,6 +25,10 @@ var (
 		Name: "ztcanary_upgrade_traffic_weight",
 		Help: "Canary share of traffic (percent) an upgrade has set.",
 	}, []string{"upgrade"})
+	apiWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztcanary_api_writes_total",
+		Help: "Writes the orchestrator sent to the API server, by kind (node, eviction, pin, status).",
+	}, []string{"kind"})
 	rollbacksTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztcanary_rollbacks_total",
 		Help: "Rollbacks started, by reason.",
@@ -32,7 +36,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(stageDuration, nodesByRevision, upgradePhase, trafficWeight, rollbacksTotal)
+	metrics.Registry.MustRegister(apiWrites, stageDuration, nodesByRevision, upgradePhase, trafficWeight, rollbacksTotal)
 }
 
 var allPhases = []ztv1.Phase{ztv1.PhasePending, ztv1.PhaseProgressing, ztv1.PhasePaused, ztv1.PhaseSucceeded,

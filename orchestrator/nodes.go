@@ -48,7 +48,20 @@ func (z ztunnelPod) ready() bool {
 	return false
 }
 
-func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade) (*world, error) {
+// podNodeIndex indexes cached pods by node, so a pass reads only the pods of the
+// nodes it drives, not every pod of the cluster.
+const podNodeIndex = "spec.nodeName"
+
+func indexPodNode(o client.Object) []string {
+	if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+		return []string{n}
+	}
+	return nil
+}
+
+// readWorld reads, from the cache, the nodes and what runs on those of interest. The
+// lists share the cache's objects (no deep copy): the world is read-only.
+func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of []string) (*world, error) {
 	w := &world{
 		nodes:    map[string]*corev1.Node{},
 		ztunnels: map[string][]ztunnelPod{},
@@ -56,7 +69,7 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade) (*w
 		captures: map[string]*ztv1.NodeCapture{},
 	}
 	var nodes corev1.NodeList
-	if err := r.Client.List(ctx, &nodes); err != nil {
+	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	for i := range nodes.Items {
@@ -70,46 +83,49 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade) (*w
 	for rev, ds := range dss {
 		revByUID[ds.UID] = rev
 	}
-	var zpods corev1.PodList
-	if err := r.Client.List(ctx, &zpods, client.InNamespace(u.Spec.Ztunnel.Namespace), client.MatchingLabels{"app": "ztunnel"}); err != nil {
-		return nil, fmt.Errorf("list ztunnel pods: %w", err)
-	}
-	for i := range zpods.Items {
-		p := &zpods.Items[i]
-		owner := metav1.GetControllerOf(p)
-		if owner == nil || p.Spec.NodeName == "" {
-			continue
-		}
-		rev, ok := revByUID[owner.UID]
-		if !ok {
-			continue
-		}
-		w.ztunnels[p.Spec.NodeName] = append(w.ztunnels[p.Spec.NodeName], ztunnelPod{pod: p, revision: rev})
-	}
 	var nss corev1.NamespaceList
 	if err := r.Client.List(ctx, &nss, client.MatchingLabels{ambientModeLabel: "ambient"}); err != nil {
 		return nil, fmt.Errorf("list ambient namespaces: %w", err)
 	}
+	ambientNS := map[string]bool{}
 	for _, ns := range nss.Items {
+		ambientNS[ns.Name] = true
+	}
+	for _, node := range of {
 		var pods corev1.PodList
-		if err := r.Client.List(ctx, &pods, client.InNamespace(ns.Name)); err != nil {
-			return nil, fmt.Errorf("list pods in %s: %w", ns.Name, err)
+		if err := r.Client.List(ctx, &pods, client.MatchingFields{podNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, fmt.Errorf("list pods on node %s: %w", node, err)
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
-			if p.Spec.NodeName == "" || isDaemonPod(p) || p.Labels[ambientModeLabel] == "none" || podFinished(p) {
+			if p.Namespace == u.Spec.Ztunnel.Namespace && p.Labels["app"] == "ztunnel" {
+				// Istio's chart gives every revision's pods the same labels: attribute
+				// them through the DaemonSet that owns them.
+				if owner := metav1.GetControllerOf(p); owner != nil {
+					if rev, ok := revByUID[owner.UID]; ok {
+						w.ztunnels[node] = append(w.ztunnels[node], ztunnelPod{pod: p, revision: rev})
+					}
+				}
 				continue
 			}
-			w.ambient[p.Spec.NodeName] = append(w.ambient[p.Spec.NodeName], p)
+			if !ambientNS[p.Namespace] && p.Labels[ambientModeLabel] != "ambient" {
+				continue
+			}
+			if isDaemonPod(p) || p.Labels[ambientModeLabel] == "none" || podFinished(p) {
+				continue
+			}
+			w.ambient[node] = append(w.ambient[node], p)
 		}
 	}
 	if u.Spec.Analysis.AgentVerification != ztv1.AgentVerificationDisabled {
-		var caps ztv1.NodeCaptureList
-		if err := r.Client.List(ctx, &caps); err != nil {
-			return nil, fmt.Errorf("list NodeCaptures: %w", err)
-		}
-		for i := range caps.Items {
-			w.captures[caps.Items[i].Name] = &caps.Items[i]
+		for _, node := range of {
+			var nc ztv1.NodeCapture
+			err := r.Client.Get(ctx, client.ObjectKey{Name: node}, &nc)
+			if err == nil {
+				w.captures[node] = &nc
+			} else if !apierrors.IsNotFound(err) {
+				return nil, fmt.Errorf("get NodeCapture %s: %w", node, err)
+			}
 		}
 	}
 	return w, nil
@@ -274,7 +290,7 @@ func (r *Reconciler) patchNode(ctx context.Context, name string, patch map[strin
 	if err != nil {
 		return err
 	}
-	r.countRequest()
+	countWrite("node")
 	if err := r.Client.Patch(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
 		client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
 		return fmt.Errorf("patch node %s: %w", name, err)
@@ -295,7 +311,7 @@ func (r *Reconciler) evict(ctx context.Context, pods []*corev1.Pod) error {
 			break
 		}
 		sent++
-		r.countRequest()
+		countWrite("eviction")
 		err := r.Client.SubResource("eviction").Create(ctx, p, &policyv1.Eviction{
 			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
 		})

@@ -206,6 +206,7 @@ func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) err
 		if err != nil {
 			return err
 		}
+		countWrite("pin")
 		if err := r.Client.Patch(ctx, objectFor(t.kind, t.obj.GetNamespace(), t.obj.GetName()),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
 			return fmt.Errorf("pin %s %s/%s to %s: %w", t.kind, t.obj.GetNamespace(), t.obj.GetName(), t.revision, err)
@@ -221,6 +222,7 @@ func (r *Reconciler) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) e
 		if err != nil {
 			return err
 		}
+		countWrite("pin")
 		err = r.Client.Patch(ctx, objectFor(rec.Kind, rec.Namespace, rec.Name),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
 		if client.IgnoreNotFound(err) != nil {

@@ -39,7 +39,13 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 	switch u.Status.StepStage {
 	case StageRollback:
 		u.Status.TrafficWeight = 0
-		w, err := r.readWorld(ctx, u)
+		var moving []string
+		for _, n := range u.Status.Nodes {
+			if n.Phase != ztv1.NodeStable && n.Phase != ztv1.NodeRestored {
+				moving = append(moving, n.Name)
+			}
+		}
+		w, err := r.readWorld(ctx, u, moving)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
