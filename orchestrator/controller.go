@@ -65,7 +65,6 @@ type Reconciler struct {
 	Gates []Gate
 	// MaxEvictions bounds evictions per node and pass (default 10).
 	MaxEvictions int
-
 }
 
 // countWrite counts one write to the API server, for the API-cost figures.

@@ -96,7 +96,7 @@ func TestChooseNodesSkipsUnavailableNodesInStableOrder(t *testing.T) {
 	nodes := []ztv1.NodeStatus{{Name: "a", Step: -1}, {Name: "b", Step: -1}, {Name: "c", Step: -1}, {Name: "d", Step: -1}, {Name: "e", Step: -1}}
 	live := map[string]*corev1.Node{
 		"a": readyNode("a", false, true),
-		"b": readyNode("b", true, true),  // cordoned by someone: skipped
+		"b": readyNode("b", true, true),   // cordoned by someone: skipped
 		"c": readyNode("c", false, false), // NotReady: skipped
 		"d": readyNode("d", false, true),
 		"e": readyNode("e", false, true),
