@@ -63,7 +63,7 @@ func TestMain(m *testing.M) {
 
 // env is one test's simulated cluster with the seed topology installed.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *sim.Cluster
 	c       client.Client
 	procs   []*orchestratorProc
@@ -318,6 +318,13 @@ func (p *orchestratorProc) kill() {
 	<-p.done
 }
 
+// output returns what the process logged so far.
+func (p *orchestratorProc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
 // crashed reports whether the process exited without being killed by the test.
 func (p *orchestratorProc) crashed() bool {
 	select {
@@ -503,7 +510,7 @@ func (w *watcher) check(strategy ztv1.NodeStrategy, store cache.Store, workers [
 	}
 }
 
-func (w *watcher) assert(t *testing.T, bound time.Duration) {
+func (w *watcher) assert(t testing.TB, bound time.Duration) {
 	t.Helper()
 	w.mu.Lock()
 	defer w.mu.Unlock()
