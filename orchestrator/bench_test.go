@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 	"github.com/ztcanary/ztcanary/orchestrator"
@@ -68,27 +69,13 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) {
 			b.Fatal(err)
 		}
 	}
-	// Seed: every worker on the stable revision, the workloads already pinned (as an
-	// operator deploys them per revision), 90% of the pods stable and 10% canary.
-	for i := 1; i <= nodes; i++ {
-		n := &corev1.Node{}
-		must(c.Get(ctx, client.ObjectKey{Name: sim.NodeName(i)}, n))
-		patch := client.MergeFrom(n.DeepCopy())
-		n.Labels[revKey] = fromRev
-		must(c.Patch(ctx, n, patch))
+	// Seed: every worker on the stable revision, plus workloads already pinned (as an
+	// operator deploys them per revision): 90% of the pods stable, 10% canary.
+	workers := make([]string, nodes)
+	for i := range workers {
+		workers[i] = sim.NodeName(i + 1)
 	}
-	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: istioNS}}))
-	for _, rev := range []string{fromRev, toRev} {
-		sa := "ztunnel"
-		if rev == toRev {
-			sa = "ztunnel-" + rev
-		}
-		must(c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: sa}}))
-		must(c.Create(ctx, istiod(rev)))
-		must(c.Create(ctx, ztunnelDaemonSet(rev, sa)))
-		ns := "bookinfo-" + rev
-		must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}))
-	}
+	must(seed.Install(ctx, c, workers, fromRev, toRev))
 	const perDeployment = 250
 	stable := 0
 	for i, left := 0, pods; left > 0; i++ {
@@ -97,7 +84,7 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) {
 			ns, rev = toApps, toRev
 		}
 		n := min(perDeployment, left)
-		d := deployment(ns, fmt.Sprintf("app-%d", i), int32(n))
+		d := seed.Deployment(ns, fmt.Sprintf("app-%d", i), int32(n))
 		d.Spec.Template.Spec.NodeSelector = map[string]string{revKey: rev}
 		must(c.Create(ctx, d))
 		if rev == fromRev {
@@ -121,7 +108,7 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) {
 				running++
 			}
 		}
-		return int(ds.Status.NumberReady) == nodes && running == stable, nil
+		return int(ds.Status.NumberReady) == nodes && running == stable+len(seed.Apps)*seed.AppReplicas, nil
 	}))
 	setup := time.Since(began)
 
