@@ -450,11 +450,16 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 		if err != nil {
 			return false, "", err
 		}
+		// Judge only a report the agent made after the wave's nodes were swapped: an
+		// older one may show the handoff (two revisions) or the old ztunnel.
+		if nc.Status.NodeRevision != u.Spec.To || (u.Status.StepStartedAt != nil && nc.Status.ObservedAt.Before(u.Status.StepStartedAt)) {
+			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
+				return false, "waiting for a report from the agent on " + n.Name + " made after the swap", nil
+			}
+			continue
+		}
 		switch nc.Status.Verdict {
 		case ztv1.VerdictMatch:
-			if nc.Status.NodeRevision != u.Spec.To {
-				return false, "the agent on " + n.Name + " has not seen the new label yet", nil
-			}
 		case ztv1.VerdictUnknown, "":
 			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
 				return false, "the agent on " + n.Name + " cannot tell yet", nil

@@ -81,7 +81,9 @@ func Install(ctx context.Context, c client.Client, nodes []string, revisions ...
 			}
 		}
 	}
-	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	// Big simulated clusters take a while to schedule a ztunnel on every node.
+	timeout := max(2*time.Minute, time.Duration(len(nodes))*300*time.Millisecond)
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		var ds appsv1.DaemonSet
 		if err := c.Get(ctx, client.ObjectKey{Namespace: IstioNamespace, Name: "ztunnel-" + revisions[0]}, &ds); err != nil {
 			return false, err
