@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// InNetns runs fn on a thread switched into the network namespace ns, then switches back.
+// If switching back fails the thread stays locked and dies with its goroutine, so no other
+// goroutine ever runs in the wrong namespace.
+func InNetns(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return fmt.Errorf("return to original netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// NetnsCookie returns the cookie of network namespace ns, the value the BPF programs key
+// their maps with.
+func NetnsCookie(ns netns.NsHandle) (uint64, error) {
+	var cookie uint64
+	err := InNetns(ns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		var c uint64
+		size := uint32(unsafe.Sizeof(c))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE,
+			uintptr(unsafe.Pointer(&c)), uintptr(unsafe.Pointer(&size)), 0)
+		if errno != 0 {
+			return fmt.Errorf("getsockopt SO_NETNS_COOKIE: %w", errno)
+		}
+		cookie = c
+		return nil
+	})
+	return cookie, err
+}
