@@ -19,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 )
@@ -155,7 +156,11 @@ func newProbe(t testing.TB) (*Probe, ProbeOptions) {
 
 func loadProbe(t testing.TB, opts ProbeOptions) *Probe {
 	t.Helper()
-	p, err := Load(zaptest.NewLogger(t), opts)
+	log := zap.NewNop() // benchmarks print their figures, not logs
+	if tt, ok := t.(*testing.T); ok {
+		log = zaptest.NewLogger(tt)
+	}
+	p, err := Load(log, opts)
 	if err != nil {
 		t.Fatalf("load probe: %v", err)
 	}

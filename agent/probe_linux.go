@@ -26,6 +26,7 @@ type Probe struct {
 	objs   bpf.CaptureObjects
 	tracer link.Link
 	iter   *link.Iter
+	closed bool
 }
 
 // Load loads the capture programs, reuses or creates their maps pinned in opts.PinDir (so
@@ -96,7 +97,12 @@ func ensureBPFFS(dir string) error {
 }
 
 // Close detaches the programs and closes the maps. The maps stay pinned, with their counts.
+// Closing twice is harmless.
 func (p *Probe) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
 	var errs []error
 	if p.iter != nil {
 		errs = append(errs, p.iter.Close())
@@ -328,6 +334,18 @@ func (p *Probe) GC(live map[uint64]bool, closedBefore time.Time) (int, error) {
 type MapStats struct {
 	Entries, MaxEntries int
 	KeySize, ValueSize  int
+	// Memlock is the kernel memory charged for the map, in bytes (0 if unknown).
+	Memlock uint64
+}
+
+// TracerStats returns how often the tracepoint program ran and its total run time; the
+// kernel counts them only while BPF statistics are enabled (ebpf.EnableStats).
+func (p *Probe) TracerStats() (runs uint64, runtime time.Duration, err error) {
+	st, err := p.objs.SockSetState.Stats()
+	if err != nil {
+		return 0, 0, fmt.Errorf("tracer stats: %w", err)
+	}
+	return st.RunCount, st.Runtime, nil
 }
 
 // Stats counts the owners map's entries.
@@ -337,6 +355,7 @@ func (p *Probe) Stats() (MapStats, error) {
 		return MapStats{}, fmt.Errorf("owners map info: %w", err)
 	}
 	s := MapStats{MaxEntries: int(info.MaxEntries), KeySize: int(info.KeySize), ValueSize: int(info.ValueSize)}
+	s.Memlock, _ = info.Memlock()
 	var (
 		k bpf.CaptureZtOwnerKey
 		v bpf.CaptureZtOwner
