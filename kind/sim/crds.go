@@ -53,7 +53,7 @@ func LoadCRDs(ctx context.Context, gatewayChannel string) ([]*apiextensionsv1.Cu
 	if err != nil {
 		return nil, err
 	}
-	experimental, err := crdsInDir(filepath.Join(gw, "config", "crd", "experimental"))
+	experimental, err := ReadCRDs(filepath.Join(gw, "config", "crd", "experimental"))
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func LoadCRDs(ctx context.Context, gatewayChannel string) ([]*apiextensionsv1.Cu
 		byName[crd.Name] = crd
 	}
 	if gatewayChannel != "experimental" {
-		standard, err := crdsInDir(filepath.Join(gw, "config", "crd", "standard"))
+		standard, err := ReadCRDs(filepath.Join(gw, "config", "crd", "standard"))
 		if err != nil {
 			return nil, err
 		}
@@ -89,7 +89,8 @@ func LoadCRDs(ctx context.Context, gatewayChannel string) ([]*apiextensionsv1.Cu
 	return out, nil
 }
 
-func crdsInDir(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
+// ReadCRDs reads every CustomResourceDefinition in the YAML files of dir.
+func ReadCRDs(dir string) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return nil, err

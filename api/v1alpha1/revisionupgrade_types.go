@@ -1,0 +1,463 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// NodeStrategy says how a node's ztunnel is swapped from one revision to the other.
+// +kubebuilder:validation:Enum=Drain;Handoff
+type NodeStrategy string
+
+const (
+	// NodeStrategyDrain cordons the node, evicts its ambient pods (honouring
+	// PodDisruptionBudgets), swaps the ztunnel and uncordons: no connection is reset.
+	NodeStrategyDrain NodeStrategy = "Drain"
+	// NodeStrategyHandoff starts the new ztunnel beside the old one and removes the old
+	// one only once the new one is ready: no pod moves and new connections never fail;
+	// long-lived connections reset after the old ztunnel's drain period.
+	NodeStrategyHandoff NodeStrategy = "Handoff"
+)
+
+// AgentVerification says whether a wave needs the node agents' eBPF proof.
+// +kubebuilder:validation:Enum=Required;Optional;Disabled
+type AgentVerification string
+
+const (
+	// AgentVerificationRequired waits for every canary node's NodeCapture to show the
+	// new ztunnel capturing every ambient pod; a mismatch fails the gate.
+	AgentVerificationRequired AgentVerification = "Required"
+	// AgentVerificationOptional uses NodeCapture reports when agents write them and
+	// records what they show, but does not wait for them.
+	AgentVerificationOptional AgentVerification = "Optional"
+	// AgentVerificationDisabled ignores NodeCapture.
+	AgentVerificationDisabled AgentVerification = "Disabled"
+)
+
+// RevisionUpgradeSpec is the desired upgrade: which revision replaces which, on which
+// nodes, in which steps, with which traffic and gates.
+// +kubebuilder:validation:XValidation:rule="self.from != self.to",message="spec.to must differ from spec.from"
+type RevisionUpgradeSpec struct {
+	// From is the stable revision: the value of the node label (istio.io/rev) on the
+	// nodes before the upgrade.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.from cannot change once the upgrade exists; create a new RevisionUpgrade"
+	From string `json:"from"`
+
+	// To is the canary revision.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.to cannot change once the upgrade exists; create a new RevisionUpgrade"
+	To string `json:"to"`
+
+	// NodeLabel is the node label key that pins revisions.
+	// +kubebuilder:default="istio.io/rev"
+	// +kubebuilder:validation:MaxLength=317
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +optional
+	NodeLabel string `json:"nodeLabel,omitempty"`
+
+	// NodeSelector selects the nodes in scope. Default: the nodes whose NodeLabel is
+	// From. The scope is resolved once, when the upgrade starts, and kept in status.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+
+	// NodeStrategy is how each node's ztunnel is swapped.
+	// +kubebuilder:default=Drain
+	// +optional
+	NodeStrategy NodeStrategy `json:"nodeStrategy,omitempty"`
+
+	// Ztunnel says where the ztunnel DaemonSets of both revisions live.
+	// +kubebuilder:default={}
+	// +optional
+	Ztunnel ZtunnelSpec `json:"ztunnel,omitempty"`
+
+	// Workloads are the namespaces whose Deployments and StatefulSets are pinned to
+	// the nodes of a revision.
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=map
+	// +listMapKey=namespace
+	// +optional
+	Workloads []WorkloadPin `json:"workloads,omitempty"`
+
+	// Route is the traffic to shift from the stable to the canary workloads.
+	// +optional
+	Route *RouteSpec `json:"route,omitempty"`
+
+	// Steps are the waves, in order. Node counts and weights never decrease, and a
+	// header-test step, if any, comes before every weight step. (Percentages, which
+	// only compare with counts once the scope is known, are checked by the
+	// orchestrator and refused through the Ready condition.)
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic) && has(s.traffic.weight)).map(s, s.traffic.weight).isSorted()",message="spec.steps: traffic weights must never decrease from one step to the next"
+	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic) && has(s.traffic.header)).size() <= 1",message="spec.steps: at most one step may set a header-test rule"
+	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic)).map(s, has(s.traffic.header) ? 0 : 1).isSorted()",message="spec.steps: the header-test step must come before every weight step"
+	// +kubebuilder:validation:XValidation:rule="self.filter(s, type(s.nodes) == int).map(s, int(s.nodes)).isSorted()",message="spec.steps: node counts must never decrease from one step to the next"
+	Steps []Step `json:"steps"`
+
+	// Analysis holds the gates run after each step.
+	// +optional
+	Analysis Analysis `json:"analysis,omitempty"`
+
+	// Rollback says what happens when a gate fails or a step times out.
+	// +kubebuilder:default={}
+	// +optional
+	Rollback RollbackSpec `json:"rollback,omitempty"`
+
+	// StepTimeout bounds each step's wait for pods, ztunnels and gates.
+	// +kubebuilder:default="10m"
+	// +optional
+	StepTimeout *metav1.Duration `json:"stepTimeout,omitempty"`
+}
+
+// ZtunnelSpec locates the ztunnel DaemonSets (Istio's ztunnel chart: pods labelled
+// app=ztunnel, the revision in the istio.io/rev annotation).
+type ZtunnelSpec struct {
+	// Namespace of the ztunnel DaemonSets of both revisions.
+	// +kubebuilder:default="istio-system"
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+
+	// HandoffLabel is the transitional node label key that the `to` ztunnel
+	// DaemonSet also matches during a Handoff (value: the `to` revision).
+	// +kubebuilder:default="ztcanary.io/handoff"
+	// +optional
+	HandoffLabel string `json:"handoffLabel,omitempty"`
+}
+
+// WorkloadPin pins every Deployment and StatefulSet of a namespace to the nodes of a
+// revision.
+type WorkloadPin struct {
+	// Namespace holding the workloads.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace"`
+	// Revision whose nodes the workloads run on: spec.from or spec.to.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Revision string `json:"revision"`
+}
+
+// ObjectRef names a namespaced object.
+type ObjectRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+}
+
+// BackendRef names a Service port that a route sends to.
+type BackendRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
+	// Subset is the DestinationRule subset, for a VirtualService route.
+	// +optional
+	Subset string `json:"subset,omitempty"`
+}
+
+// RouteSpec is the route whose traffic moves from the stable to the canary backend.
+// +kubebuilder:validation:XValidation:rule="has(self.httpRoute) != has(self.virtualService)",message="spec.route: set exactly one of httpRoute and virtualService"
+type RouteSpec struct {
+	// HTTPRoute is a Gateway API HTTPRoute.
+	// +optional
+	HTTPRoute *ObjectRef `json:"httpRoute,omitempty"`
+	// VirtualService is an Istio VirtualService.
+	// +optional
+	VirtualService *ObjectRef `json:"virtualService,omitempty"`
+	// Stable is the backend serving the from revision's workloads.
+	Stable BackendRef `json:"stable"`
+	// Canary is the backend serving the to revision's workloads.
+	Canary BackendRef `json:"canary"`
+	// CleanUpOnSuccess leaves a route with only the canary backend and no test rule
+	// once the upgrade succeeds.
+	// +optional
+	CleanUpOnSuccess bool `json:"cleanUpOnSuccess,omitempty"`
+}
+
+// Step is one wave: nodes moved, traffic set, then an optional pause.
+type Step struct {
+	// Nodes is how many nodes of the scope run the to revision after this step: a
+	// count, or a percentage of the nodes in scope (rounded up).
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=4
+	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
+	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
+	Nodes intstr.IntOrString `json:"nodes"`
+	// Traffic is what the route does once the step's nodes are verified.
+	// +optional
+	Traffic *StepTraffic `json:"traffic,omitempty"`
+	// Pause after the step. Absent: go on at once. {duration: 30s}: wait. {}: wait
+	// for a manual promote.
+	// +optional
+	Pause *Pause `json:"pause,omitempty"`
+}
+
+// StepTraffic is a step's route change: a header-test rule or a canary weight.
+// +kubebuilder:validation:XValidation:rule="has(self.header) != has(self.weight)",message="traffic: set exactly one of header and weight"
+type StepTraffic struct {
+	// Header adds a rule sending requests with this header to the canary backend.
+	// +optional
+	Header *HeaderMatch `json:"header,omitempty"`
+	// Weight is the canary backend's share of traffic, 0 to 100.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	Weight *int32 `json:"weight,omitempty"`
+}
+
+// HeaderMatch is an exact header match.
+type HeaderMatch struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$`
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	Value string `json:"value"`
+}
+
+// Pause holds the upgrade after a step.
+type Pause struct {
+	// Duration to wait; absent means wait for a manual promote.
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+}
+
+// Analysis holds the gates.
+type Analysis struct {
+	// TrafficTest sends requests after each traffic step and checks the split.
+	// +optional
+	TrafficTest *TrafficTest `json:"trafficTest,omitempty"`
+	// AgentVerification says whether waves wait for the agents' eBPF proof.
+	// +kubebuilder:default=Optional
+	// +optional
+	AgentVerification AgentVerification `json:"agentVerification,omitempty"`
+}
+
+// TrafficTest describes the traffic gate.
+type TrafficTest struct {
+	// URL to send requests to (through the gateway).
+	// +kubebuilder:validation:MinLength=1
+	URL string `json:"url"`
+	// Requests per test.
+	// +kubebuilder:default=200
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +optional
+	Requests int32 `json:"requests,omitempty"`
+	// Concurrency of the test.
+	// +kubebuilder:default=8
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	Concurrency int32 `json:"concurrency,omitempty"`
+	// MinSuccessRate is the lowest acceptable share of successful requests, in
+	// percent.
+	// +kubebuilder:default=99
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	MinSuccessRate int32 `json:"minSuccessRate,omitempty"`
+	// CanaryHeader recognises a canary response by a response header (name=value).
+	// +optional
+	CanaryHeader *HeaderMatch `json:"canaryHeader,omitempty"`
+	// CanaryBodyRegex recognises a canary response by its body.
+	// +optional
+	CanaryBodyRegex string `json:"canaryBodyRegex,omitempty"`
+}
+
+// RollbackSpec says what happens on a failed gate or a timeout.
+type RollbackSpec struct {
+	// Automatic rolls everything back; false leaves the upgrade Failed where it is.
+	// +kubebuilder:default=true
+	// +optional
+	Automatic *bool `json:"automatic,omitempty"`
+}
+
+// Phase is where an upgrade is.
+// +kubebuilder:validation:Enum=Pending;Progressing;Paused;Succeeded;RollingBack;RolledBack;Failed
+type Phase string
+
+// The phases of an upgrade.
+const (
+	PhasePending     Phase = "Pending"
+	PhaseProgressing Phase = "Progressing"
+	PhasePaused      Phase = "Paused"
+	PhaseSucceeded   Phase = "Succeeded"
+	PhaseRollingBack Phase = "RollingBack"
+	PhaseRolledBack  Phase = "RolledBack"
+	PhaseFailed      Phase = "Failed"
+)
+
+// Condition types of a RevisionUpgrade.
+const (
+	// ConditionReady is True when preflight passed and the spec is acceptable.
+	ConditionReady = "Ready"
+	// ConditionProgressing is True while steps run.
+	ConditionProgressing = "Progressing"
+	// ConditionPaused is True while the upgrade waits for a duration or a promote.
+	ConditionPaused = "Paused"
+	// ConditionVerified is True when the last wave's nodes were verified.
+	ConditionVerified = "Verified"
+	// ConditionRolledBack is True once a rollback completed; its message says why.
+	ConditionRolledBack = "RolledBack"
+	// ConditionComplete is True when the upgrade succeeded.
+	ConditionComplete = "Complete"
+)
+
+// Annotations the CLI sets to steer an upgrade.
+const (
+	// AnnotationPromote, set to any value, ends a manual pause.
+	AnnotationPromote = "ztcanary.io/promote"
+	// AnnotationPause, set to "true", holds the upgrade before its next action.
+	AnnotationPause = "ztcanary.io/pause"
+	// AnnotationAbort, set to "true", rolls the upgrade back.
+	AnnotationAbort = "ztcanary.io/abort"
+)
+
+// NodePhase is where one node is in its swap.
+type NodePhase string
+
+// The phases of a node.
+const (
+	NodeStable   NodePhase = "Stable"
+	NodeMoving   NodePhase = "Moving"
+	NodeCanary   NodePhase = "Canary"
+	NodeRestored NodePhase = "Restored"
+)
+
+// NodeStatus is one node in scope.
+type NodeStatus struct {
+	// Name of the node.
+	Name string `json:"name"`
+	// OriginalRevision is the node label's value before the upgrade ("" if none).
+	// +optional
+	OriginalRevision string `json:"originalRevision,omitempty"`
+	// Revision is the node label's value as ztcanary last set it.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+	// Step is the index of the step that moves this node, -1 while unplanned.
+	Step int32 `json:"step"`
+	// Phase of the node's swap.
+	// +optional
+	Phase NodePhase `json:"phase,omitempty"`
+	// CapturedBy is the ztunnel revision the node's agent saw capturing its pods.
+	// +optional
+	CapturedBy string `json:"capturedBy,omitempty"`
+	// Verified is true once the node's capture matched its revision.
+	// +optional
+	Verified bool `json:"verified,omitempty"`
+	// WasCordoned records that the node was cordoned before ztcanary touched it, so
+	// a Drain never uncordons a node someone else cordoned.
+	// +optional
+	WasCordoned bool `json:"wasCordoned,omitempty"`
+}
+
+// PinRecord is a workload's or ztunnel DaemonSet's nodeSelector value for the node
+// label before the upgrade, so rollback restores it exactly.
+type PinRecord struct {
+	// Kind is DaemonSet, Deployment or StatefulSet.
+	Kind string `json:"kind"`
+	// Namespace of the object.
+	Namespace string `json:"namespace"`
+	// Name of the object.
+	Name string `json:"name"`
+	// Value of nodeSelector[nodeLabel] before the upgrade; absent when unset.
+	// +optional
+	Value *string `json:"value,omitempty"`
+	// Affinity is the JSON of the pod template's affinity before the upgrade ("null"
+	// when unset), recorded when ztcanary changes its node affinity (ztunnel
+	// DaemonSets during a Handoff).
+	// +optional
+	Affinity string `json:"affinity,omitempty"`
+}
+
+// RevisionUpgradeStatus tells where the upgrade is and why it waits.
+type RevisionUpgradeStatus struct {
+	// ObservedGeneration is the generation last acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Phase of the upgrade.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// CurrentStep is the index of the step in progress (or the last one done).
+	// +optional
+	CurrentStep int32 `json:"currentStep"`
+	// StepStage is what the current step does now: MovingNodes, Verifying,
+	// ShiftingTraffic, Analysing, Pausing, Done.
+	// +optional
+	StepStage string `json:"stepStage,omitempty"`
+	// StepStartedAt is when the current stage began (for timeouts and durations).
+	// +optional
+	StepStartedAt *metav1.Time `json:"stepStartedAt,omitempty"`
+	// CanaryNodes counts the nodes in scope labelled with the to revision.
+	// +optional
+	CanaryNodes int32 `json:"canaryNodes"`
+	// TotalNodes counts the nodes in scope.
+	// +optional
+	TotalNodes int32 `json:"totalNodes"`
+	// TrafficWeight is the canary backend's share of traffic now.
+	// +optional
+	TrafficWeight int32 `json:"trafficWeight"`
+	// Nodes in scope, resolved when the upgrade started, in the order they move.
+	// +optional
+	Nodes []NodeStatus `json:"nodes,omitempty"`
+	// OriginalPins are the nodeSelector values before the upgrade.
+	// +optional
+	OriginalPins []PinRecord `json:"originalPins,omitempty"`
+	// OriginalRoute is the route's spec before the upgrade.
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	OriginalRoute *runtime.RawExtension `json:"originalRoute,omitempty"`
+	// Message says, for a person, what the upgrade waits for or why it stopped.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// Conditions: Ready, Progressing, Paused, Verified, RolledBack, Complete.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// RevisionUpgrade moves the nodes in scope from one Istio revision to another in
+// waves, shifting traffic and verifying each wave, and rolls back on failure.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=ru;rus,categories=ztcanary
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="From",type=string,JSONPath=`.spec.from`
+// +kubebuilder:printcolumn:name="To",type=string,JSONPath=`.spec.to`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Step",type=integer,JSONPath=`.status.currentStep`
+// +kubebuilder:printcolumn:name="Canary Nodes",type=integer,JSONPath=`.status.canaryNodes`
+// +kubebuilder:printcolumn:name="Weight",type=integer,JSONPath=`.status.trafficWeight`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type RevisionUpgrade struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   RevisionUpgradeSpec   `json:"spec,omitempty"`
+	Status RevisionUpgradeStatus `json:"status,omitempty"`
+}
+
+// RevisionUpgradeList is a list of RevisionUpgrades.
+// +kubebuilder:object:root=true
+type RevisionUpgradeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []RevisionUpgrade `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&RevisionUpgrade{}, &RevisionUpgradeList{})
+}

@@ -1,0 +1,188 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/kind/sim"
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
+)
+
+var cluster *sim.Cluster
+
+func TestMain(m *testing.M) { simtest.Main(m, sim.Options{Nodes: 1, SkipCRDs: true}, &cluster) }
+
+func apiClient(t *testing.T) client.Client {
+	t.Helper()
+	crds, err := sim.ReadCRDs(filepath.Join("..", "..", "deploy", "crds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.InstallCRDs(context.Background(), crds); err != nil {
+		t.Fatal(err)
+	}
+	s := runtime.NewScheme()
+	if err := ztv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cluster.Config, client.Options{Scheme: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func validUpgrade() *ztv1.RevisionUpgrade {
+	return &ztv1.RevisionUpgrade{
+		ObjectMeta: metav1.ObjectMeta{Name: "upgrade"},
+		Spec: ztv1.RevisionUpgradeSpec{
+			From: "1-18-0-alpha-0",
+			To:   "1-18-1",
+			Steps: []ztv1.Step{
+				{Nodes: intstr.FromInt32(1), Traffic: &ztv1.StepTraffic{Header: &ztv1.HeaderMatch{Name: "traffic", Value: "test"}}},
+				{Nodes: intstr.FromInt32(1), Traffic: &ztv1.StepTraffic{Weight: ptr.To[int32](10)}},
+				{Nodes: intstr.FromString("50%"), Traffic: &ztv1.StepTraffic{Weight: ptr.To[int32](50)}, Pause: &ztv1.Pause{}},
+				{Nodes: intstr.FromString("100%"), Traffic: &ztv1.StepTraffic{Weight: ptr.To[int32](100)}},
+			},
+		},
+	}
+}
+
+func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
+	c := apiClient(t)
+	cases := []struct {
+		name   string
+		mutate func(*ztv1.RevisionUpgrade)
+		want   string
+	}{
+		{"to equal to from is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.To = u.Spec.From },
+			"spec.to must differ from spec.from"},
+		{"a revision that is not a label value is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1.18/1" },
+			`spec.to: Invalid value: "1.18/1": spec.to in body should match`},
+		{"an empty revision is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.From = "" },
+			"spec.from in body should be at least 1 chars long"},
+		{"no steps is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = nil },
+			"spec.steps: Required value"},
+		{"weight above 100 is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](120) },
+			"spec.steps[1].traffic.weight: Invalid value: 120: spec.steps[1].traffic.weight in body should be less than or equal to 100"},
+		{"negative weight is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](-5) },
+			"should be greater than or equal to 0"},
+		{"decreasing weights are refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](40) },
+			"traffic weights must never decrease"},
+		{"decreasing node counts are refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Nodes = intstr.FromInt32(0) },
+			"node counts must never decrease"},
+		{"a percentage above 100 is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Nodes = intstr.FromString("150%") },
+			`spec.steps[3].nodes: Invalid value: "150%": spec.steps[3].nodes in body should match`},
+		{"a negative node count is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[0].Nodes = intstr.FromInt32(-1) },
+			"nodes must be a count of at least 0 or a percentage from 0% to 100%"},
+		{"two header steps are refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Steps[1].Traffic = &ztv1.StepTraffic{Header: &ztv1.HeaderMatch{Name: "traffic", Value: "test"}}
+		}, "at most one step may set a header-test rule"},
+		{"a header step after a weight step is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Steps[0].Traffic, u.Spec.Steps[1].Traffic = u.Spec.Steps[1].Traffic, u.Spec.Steps[0].Traffic
+		}, "the header-test step must come before every weight step"},
+		{"a step with both header and weight is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Steps[0].Traffic.Weight = ptr.To[int32](0)
+		}, "traffic: set exactly one of header and weight"},
+		{"a route naming both kinds is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = &ztv1.RouteSpec{
+				HTTPRoute:      &ztv1.ObjectRef{Namespace: "default", Name: "r"},
+				VirtualService: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
+				Stable:         ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
+				Canary:         ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
+			}
+		}, "spec.route: set exactly one of httpRoute and virtualService"},
+		{"an unknown node strategy is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = "Yolo" },
+			`spec.nodeStrategy: Unsupported value: "Yolo": supported values: "Drain", "Handoff"`},
+		{"a backend port out of range is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = &ztv1.RouteSpec{
+				HTTPRoute: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
+				Stable:    ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
+				Canary:    ztv1.BackendRef{Namespace: "b", Name: "c", Port: 70000},
+			}
+		}, "spec.route.canary.port in body should be less than or equal to 65535"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			u := validUpgrade()
+			u.Name = "bad"
+			tc.mutate(u)
+			err := c.Create(context.Background(), u)
+			if !apierrors.IsInvalid(err) {
+				t.Fatalf("create: err = %v, want Invalid", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("message does not say %q:\n%v", tc.want, err)
+			}
+			if gerr := c.Get(context.Background(), client.ObjectKey{Name: "bad"}, &ztv1.RevisionUpgrade{}); !apierrors.IsNotFound(gerr) {
+				t.Errorf("refused object was stored (get: %v)", gerr)
+			}
+		})
+	}
+}
+
+func TestValidUpgradeIsAcceptedWithDefaults(t *testing.T) {
+	c := apiClient(t)
+	u := validUpgrade()
+	if err := c.Create(context.Background(), u); err != nil {
+		t.Fatalf("create valid upgrade: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Delete(context.Background(), u) })
+	got := &ztv1.RevisionUpgrade{}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: u.Name}, got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.NodeLabel != "istio.io/rev" || got.Spec.NodeStrategy != ztv1.NodeStrategyDrain ||
+		got.Spec.Ztunnel.Namespace != "istio-system" || got.Spec.Rollback.Automatic == nil || !*got.Spec.Rollback.Automatic ||
+		got.Spec.StepTimeout == nil {
+		t.Errorf("defaults not applied: %+v", got.Spec)
+	}
+
+	t.Run("to cannot change once the upgrade exists", func(t *testing.T) {
+		changed := got.DeepCopy()
+		changed.Spec.To = "1-19-0"
+		err := c.Update(context.Background(), changed)
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.to cannot change once the upgrade exists") {
+			t.Fatalf("update to: err = %v, want the immutability message", err)
+		}
+	})
+	t.Run("steps may change while valid", func(t *testing.T) {
+		changed := got.DeepCopy()
+		changed.Spec.Steps[2].Pause = nil
+		if err := c.Update(context.Background(), changed); err != nil {
+			t.Fatalf("update steps: %v", err)
+		}
+	})
+}
+
+func TestNodeCaptureIsClusterScopedWithStatus(t *testing.T) {
+	c := apiClient(t)
+	nc := &ztv1.NodeCapture{ObjectMeta: metav1.ObjectMeta{Name: "ambient-worker"}}
+	if err := c.Create(context.Background(), nc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Delete(context.Background(), nc) })
+	now := metav1.Now()
+	nc.Status = ztv1.NodeCaptureStatus{
+		ObservedAt: &now, NodeRevision: "1-18-1", Verdict: ztv1.VerdictMatch,
+		Pods: []ztv1.PodCapture{{Namespace: "bookinfo", Name: "reviews-v1", State: ztv1.CaptureSingle, CapturedBy: "1-18-1",
+			Ports: []ztv1.PortCapture{{Port: 15006, Listeners: []ztv1.Listener{{Revision: "1-18-1", CgroupID: 1234, TGID: 42, Listening: true, Accepted: 25}}}}}},
+	}
+	if err := c.Status().Update(context.Background(), nc); err != nil {
+		t.Fatalf("status update: %v", err)
+	}
+	nc.Status.Verdict = "Great"
+	if err := c.Status().Update(context.Background(), nc); !apierrors.IsInvalid(err) {
+		t.Errorf("unknown verdict: err = %v, want Invalid", err)
+	}
+}

@@ -1,0 +1,524 @@
+package orchestrator_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/kind/sim"
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
+	"github.com/ztcanary/ztcanary/orchestrator"
+)
+
+const (
+	fromRev   = "1-18-0"
+	toRev     = "1-18-1"
+	istioNS   = "istio-system"
+	revKey    = "istio.io/rev"
+	fromApps  = "bookinfo-" + fromRev
+	toApps    = "bookinfo-" + toRev
+	testNodes = 5 // the control plane and four workers; the workers are in scope
+)
+
+// orchestratorBin is built once per test run, so tests kill a real process.
+var orchestratorBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ztcanary-orchestrator-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	orchestratorBin = filepath.Join(dir, "ztcanary-orchestrator")
+	if out, err := exec.Command("go", "build", "-o", orchestratorBin, "github.com/ztcanary/ztcanary/cmd/ztcanary-orchestrator").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build orchestrator: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's simulated cluster with the seed topology installed.
+type env struct {
+	t       *testing.T
+	cluster *sim.Cluster
+	c       client.Client
+	procs   []*orchestratorProc
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	cl := simtest.Start(t, sim.Options{Nodes: testNodes, SkipCRDs: true})
+	crds, err := sim.ReadCRDs(filepath.Join("..", "deploy", "crds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.InstallCRDs(context.Background(), crds); err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := orchestrator.NewScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cl.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, cluster: cl, c: c}
+	e.seed()
+	return e
+}
+
+func (e *env) workers() []string {
+	var out []string
+	for i := 1; i < testNodes; i++ {
+		out = append(out, sim.NodeName(i))
+	}
+	return out
+}
+
+func (e *env) create(objs ...client.Object) {
+	e.t.Helper()
+	for _, o := range objs {
+		if err := e.c.Create(context.Background(), o); err != nil {
+			e.t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+// seed installs the seed topology the way an operator sets it up by hand: workers
+// labelled with the stable revision, istiod and a ztunnel DaemonSet per revision
+// (shaped like Istio's charts render them), and a workload namespace per revision.
+func (e *env) seed() {
+	ctx := context.Background()
+	for _, n := range e.workers() {
+		e.patchNode(n, map[string]any{"metadata": map[string]any{"labels": map[string]any{revKey: fromRev}}})
+	}
+	e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: istioNS}})
+	for _, rev := range []string{fromRev, toRev} {
+		sa := "ztunnel"
+		if rev == toRev {
+			sa = "ztunnel-" + rev
+		}
+		e.create(&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: sa}})
+		e.create(istiod(rev), ztunnelDaemonSet(rev, sa))
+	}
+	for _, rev := range []string{fromRev, toRev} {
+		ns := "bookinfo-" + rev
+		e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}})
+		for _, app := range []string{"productpage", "reviews"} {
+			e.create(deployment(ns, app, 2))
+		}
+	}
+	// Wait until the seed is settled: a Ready from ztunnel on every worker, istiod
+	// Available, the stable workloads Available.
+	e.eventually("the seed topology to settle", time.Minute, func() (bool, string) {
+		ztunnels := e.ztunnelRevisions()
+		for _, n := range e.workers() {
+			if got := ztunnels[n]; len(got) != 1 || got[0] != fromRev {
+				return false, fmt.Sprintf("ztunnels on %s: %v", n, got)
+			}
+		}
+		for _, rev := range []string{fromRev, toRev} {
+			var d appsv1.Deployment
+			if err := e.c.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod-" + rev}, &d); err != nil || d.Status.AvailableReplicas < 1 {
+				return false, "istiod-" + rev + " not available"
+			}
+		}
+		return true, ""
+	})
+}
+
+func istiod(rev string) *appsv1.Deployment {
+	d := deployment(istioNS, "istiod-"+rev, 1)
+	d.Labels = map[string]string{"app": "istiod", revKey: rev}
+	d.Spec.Template.Spec.Containers[0].Name = "discovery"
+	d.Spec.Template.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "CA_TRUSTED_NODE_ACCOUNTS", Value: "istio-system/ztunnel,istio-system/ztunnel-" + toRev}}
+	return d
+}
+
+func ztunnelDaemonSet(rev, sa string) *appsv1.DaemonSet {
+	labels := map[string]string{"app": "ztunnel"}
+	return &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-" + rev, Namespace: istioNS, Annotations: map[string]string{revKey: rev}},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{
+				MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+			}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{revKey: rev}},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: sa,
+					NodeSelector:       map[string]string{"kubernetes.io/os": "linux", revKey: rev},
+					Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}, {Operator: corev1.TolerationOpExists, Key: "CriticalAddonsOnly"}},
+					Containers:         []corev1.Container{{Name: "istio-proxy", Image: "istio/ztunnel:" + rev}},
+				},
+			},
+		},
+	}
+}
+
+func deployment(ns, name string, replicas int32) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: name, Image: "example/" + name}}},
+			},
+		},
+	}
+}
+
+func (e *env) patchNode(name string, patch map[string]any) {
+	e.t.Helper()
+	b, _ := json.Marshal(patch)
+	if err := e.c.Patch(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, client.RawPatch(types.MergePatchType, b)); err != nil {
+		e.t.Fatalf("patch node %s: %v", name, err)
+	}
+}
+
+// ztunnelRevisions maps nodes to the revisions of the ztunnel pods on them.
+func (e *env) ztunnelRevisions() map[string][]string {
+	var pods corev1.PodList
+	if err := e.c.List(context.Background(), &pods, client.InNamespace(istioNS), client.MatchingLabels{"app": "ztunnel"}); err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName != "" {
+			out[p.Spec.NodeName] = append(out[p.Spec.NodeName], p.Annotations[revKey])
+		}
+	}
+	for _, v := range out {
+		sort.Strings(v)
+	}
+	return out
+}
+
+func (e *env) eventually(what string, timeout time.Duration, cond func() (bool, string)) {
+	e.t.Helper()
+	var last string
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		for _, p := range e.procs {
+			if p.crashed() {
+				return false, fmt.Errorf("the orchestrator (pid %d) exited on its own", p.cmd.Process.Pid)
+			}
+		}
+		ok, msg := cond()
+		last = msg
+		return ok, nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting for %s: %v; last: %s", what, err, last)
+	}
+}
+
+func (e *env) upgrade(name string) *ztv1.RevisionUpgrade {
+	e.t.Helper()
+	u := &ztv1.RevisionUpgrade{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: name}, u); err != nil {
+		e.t.Fatal(err)
+	}
+	return u
+}
+
+func (e *env) waitPhase(name string, timeout time.Duration, phases ...ztv1.Phase) *ztv1.RevisionUpgrade {
+	e.t.Helper()
+	var u *ztv1.RevisionUpgrade
+	e.eventually(fmt.Sprintf("upgrade %s to reach %v", name, phases), timeout, func() (bool, string) {
+		u = e.upgrade(name)
+		for _, p := range phases {
+			if u.Status.Phase == p {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("phase %s, stage %s, step %d: %s", u.Status.Phase, u.Status.StepStage, u.Status.CurrentStep, u.Status.Message)
+	})
+	return u
+}
+
+// orchestratorProc is a running ztcanary-orchestrator.
+type orchestratorProc struct {
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	mu     *sync.Mutex
+	done   chan struct{} // closed when the process exited
+	killed bool
+}
+
+type lockedBuffer struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (l lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// startOrchestrator runs the real binary against the cluster; it is killed (by PID)
+// when the test ends, and its logs are shown if the test failed.
+func (e *env) startOrchestrator(extra ...string) *orchestratorProc {
+	e.t.Helper()
+	p := &orchestratorProc{logs: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	args := append([]string{"--kubeconfig=" + e.cluster.Kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0", "--leader-elect=false"}, extra...)
+	p.cmd = exec.Command(orchestratorBin, args...)
+	w := lockedBuffer{mu: p.mu, buf: p.logs}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	e.procs = append(e.procs, p)
+	e.t.Cleanup(func() {
+		p.kill()
+		if e.t.Failed() {
+			p.mu.Lock()
+			e.t.Logf("orchestrator (pid %d) logs:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 60))
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// kill sends SIGKILL: no shutdown hook runs, as in a node crash or OOM kill.
+func (p *orchestratorProc) kill() {
+	p.killed = true
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// crashed reports whether the process exited without being killed by the test.
+func (p *orchestratorProc) crashed() bool {
+	select {
+	case <-p.done:
+		return !p.killed
+	default:
+		return false
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// snapshot is what rollback must restore exactly.
+type snapshot struct {
+	nodeLabels map[string]string // node → revision label
+	cordoned   map[string]bool
+	templates  map[string]string // kind/ns/name → JSON of nodeSelector and affinity
+}
+
+func (e *env) snapshot() snapshot {
+	e.t.Helper()
+	ctx := context.Background()
+	s := snapshot{nodeLabels: map[string]string{}, cordoned: map[string]bool{}, templates: map[string]string{}}
+	var nodes corev1.NodeList
+	if err := e.c.List(ctx, &nodes); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, n := range nodes.Items {
+		s.nodeLabels[n.Name] = n.Labels[revKey] + "|" + n.Labels["ztcanary.io/handoff"]
+		s.cordoned[n.Name] = n.Spec.Unschedulable
+	}
+	pinning := func(t corev1.PodTemplateSpec) string {
+		b, _ := json.Marshal([]any{t.Spec.NodeSelector, t.Spec.Affinity})
+		return string(b)
+	}
+	var dss appsv1.DaemonSetList
+	if err := e.c.List(ctx, &dss, client.InNamespace(istioNS)); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, d := range dss.Items {
+		s.templates["DaemonSet/"+d.Namespace+"/"+d.Name] = pinning(d.Spec.Template)
+	}
+	for _, ns := range []string{fromApps, toApps} {
+		var deps appsv1.DeploymentList
+		if err := e.c.List(ctx, &deps, client.InNamespace(ns)); err != nil {
+			e.t.Fatal(err)
+		}
+		for _, d := range deps.Items {
+			s.templates["Deployment/"+d.Namespace+"/"+d.Name] = pinning(d.Spec.Template)
+		}
+	}
+	return s
+}
+
+func (s snapshot) diff(o snapshot) []string {
+	var out []string
+	for k, v := range s.nodeLabels {
+		if o.nodeLabels[k] != v {
+			out = append(out, fmt.Sprintf("node %s label %q, was %q", k, o.nodeLabels[k], v))
+		}
+		if o.cordoned[k] != s.cordoned[k] {
+			out = append(out, fmt.Sprintf("node %s cordoned=%v, was %v", k, o.cordoned[k], s.cordoned[k]))
+		}
+	}
+	for k, v := range s.templates {
+		if o.templates[k] != v {
+			out = append(out, fmt.Sprintf("%s pinning %s, was %s", k, o.templates[k], v))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func seedUpgrade(name string, strategy ztv1.NodeStrategy, steps ...ztv1.Step) *ztv1.RevisionUpgrade {
+	return &ztv1.RevisionUpgrade{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: ztv1.RevisionUpgradeSpec{
+			From:         fromRev,
+			To:           toRev,
+			NodeStrategy: strategy,
+			Workloads:    []ztv1.WorkloadPin{{Namespace: fromApps, Revision: fromRev}, {Namespace: toApps, Revision: toRev}},
+			Steps:        steps,
+			Analysis:     ztv1.Analysis{AgentVerification: ztv1.AgentVerificationDisabled},
+			StepTimeout:  &metav1.Duration{Duration: 2 * time.Minute},
+		},
+	}
+}
+
+func nodesStep(n intstr.IntOrString) ztv1.Step { return ztv1.Step{Nodes: n} }
+
+// watcher checks the ztunnel invariants on every pod and node event of the run,
+// not only at the end.
+type watcher struct {
+	mu         sync.Mutex
+	violations []string
+	twoSince   map[string]time.Time
+	maxTwo     time.Duration
+	events     int
+}
+
+// watchInvariants starts informers on the cluster and checks, after each event, that
+// every worker holding ambient pods has a Ready ztunnel (with Handoff) or exactly one
+// ztunnel revision, Ready (with Drain), and how long two revisions share a node.
+func (e *env) watchInvariants(strategy ztv1.NodeStrategy) *watcher {
+	w := &watcher{twoSince: map[string]time.Time{}}
+	f := informers.NewSharedInformerFactory(e.cluster.Client, 0)
+	pods := f.Core().V1().Pods().Informer()
+	nodes := f.Core().V1().Nodes().Informer()
+	check := func(any) { w.check(strategy, pods.GetStore(), e.workers()) }
+	h := cache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }, DeleteFunc: check}
+	if _, err := pods.AddEventHandler(h); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := nodes.AddEventHandler(h); err != nil {
+		e.t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	f.Start(stop)
+	f.WaitForCacheSync(stop)
+	e.t.Cleanup(func() { close(stop); f.Shutdown() })
+	return w
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func (w *watcher) check(strategy ztv1.NodeStrategy, store cache.Store, workers []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events++
+	ready := map[string]int{}
+	revs := map[string]map[string]bool{}
+	ambient := map[string]int{}
+	for _, o := range store.List() {
+		p := o.(*corev1.Pod)
+		if p.Spec.NodeName == "" {
+			continue
+		}
+		switch {
+		case p.Namespace == istioNS && p.Labels["app"] == "ztunnel":
+			if revs[p.Spec.NodeName] == nil {
+				revs[p.Spec.NodeName] = map[string]bool{}
+			}
+			revs[p.Spec.NodeName][p.Annotations[revKey]] = true
+			if podReady(p) {
+				ready[p.Spec.NodeName]++
+			}
+		case strings.HasPrefix(p.Namespace, "bookinfo-") && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning:
+			ambient[p.Spec.NodeName]++
+		}
+	}
+	now := time.Now()
+	for _, n := range workers {
+		if ambient[n] > 0 && ready[n] == 0 {
+			w.violations = append(w.violations, fmt.Sprintf("%s: %d ambient pods and no Ready ztunnel", n, ambient[n]))
+		}
+		if strategy == ztv1.NodeStrategyDrain && ambient[n] > 0 && len(revs[n]) > 1 {
+			w.violations = append(w.violations, fmt.Sprintf("%s: ztunnel swapped under %d ambient pods (Drain)", n, ambient[n]))
+		}
+		if len(revs[n]) > 1 {
+			if _, ok := w.twoSince[n]; !ok {
+				w.twoSince[n] = now
+			}
+		} else if since, ok := w.twoSince[n]; ok {
+			w.maxTwo = max(w.maxTwo, now.Sub(since))
+			delete(w.twoSince, n)
+		}
+	}
+}
+
+func (w *watcher) assert(t *testing.T, bound time.Duration) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.events == 0 {
+		t.Fatal("the invariant watcher saw no event")
+	}
+	if len(w.violations) > 0 {
+		t.Errorf("%d invariant violations, first: %s", len(w.violations), strings.Join(w.violations[:min(5, len(w.violations))], "; "))
+	}
+	for n, since := range w.twoSince {
+		w.maxTwo = max(w.maxTwo, time.Since(since))
+		t.Errorf("node %s still runs two ztunnel revisions", n)
+	}
+	if w.maxTwo > bound {
+		t.Errorf("a node ran two ztunnel revisions for %s, more than %s", w.maxTwo, bound)
+	}
+	t.Logf("invariant watcher: %d events, longest two-revision overlap %s", w.events, w.maxTwo.Round(time.Millisecond))
+}

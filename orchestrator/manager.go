@@ -1,0 +1,107 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+)
+
+// Options configure the orchestrator process.
+type Options struct {
+	// MetricsAddr serves Prometheus metrics ("0" disables).
+	MetricsAddr string
+	// HealthAddr serves /healthz and /readyz ("0" disables).
+	HealthAddr string
+	// LeaderElection makes replicas elect one active orchestrator.
+	LeaderElection bool
+	// LeaderElectionNamespace holds the Lease (default: the in-cluster namespace).
+	LeaderElectionNamespace string
+	// LeaseDuration bounds how long a dead leader blocks the others (default 15s).
+	LeaseDuration time.Duration
+}
+
+// LeaderElectionID names the Lease the orchestrator replicas compete for.
+const LeaderElectionID = "ztcanary-orchestrator"
+
+// NewScheme returns the types the orchestrator reads and writes.
+func NewScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := ztv1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewManager builds the controller manager with the RevisionUpgrade reconciler
+// registered. Its cache keeps pods, nodes and workloads without managedFields, the
+// bulk of their size, so memory follows the cluster's object count, not its history.
+func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, *Reconciler, error) {
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, nil, err
+	}
+	lease := opts.LeaseDuration
+	if lease == 0 {
+		lease = 15 * time.Second
+	}
+	renew := lease * 2 / 3
+	retry := lease / 5
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress:        opts.HealthAddr,
+		LeaderElection:                opts.LeaderElection,
+		LeaderElectionID:              LeaderElectionID,
+		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &lease,
+		RenewDeadline:                 &renew,
+		RetryPeriod:                   &retry,
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
+		Client: client.Options{Cache: &client.CacheOptions{Unstructured: false}},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, nil, err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return nil, nil, err
+	}
+	r := &Reconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorderFor("ztcanary-orchestrator"),
+		Log:      log.Named("orchestrator"),
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, nil, fmt.Errorf("set up reconciler: %w", err)
+	}
+	// Keep the kinds the reconciler reads in the cache from the start, so the first
+	// reconcile does not wait for informers one by one.
+	for _, obj := range []client.Object{&corev1.Namespace{}, &ztv1.NodeCapture{}, &appsv1.StatefulSet{}} {
+		if _, err := mgr.GetCache().GetInformer(context.Background(), obj); err != nil {
+			return nil, nil, err
+		}
+	}
+	return mgr, r, nil
+}

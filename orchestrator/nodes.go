@@ -1,0 +1,371 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+)
+
+// ambientModeLabel enrols a namespace (or a pod) in the ambient data plane.
+const ambientModeLabel = "istio.io/dataplane-mode"
+
+// world is one pass's view of what the upgrade touches, read from the cache once.
+type world struct {
+	nodes map[string]*corev1.Node
+	// ztunnels maps node name to the ztunnel pods on it, by revision (attributed
+	// through the owning DaemonSet).
+	ztunnels map[string][]ztunnelPod
+	// ambient maps node name to the ambient pods on it (not ztunnel, not DaemonSet).
+	ambient map[string][]*corev1.Pod
+	// captures maps node name to its agent's report.
+	captures map[string]*ztv1.NodeCapture
+}
+
+type ztunnelPod struct {
+	pod      *corev1.Pod
+	revision string
+}
+
+func (z ztunnelPod) ready() bool {
+	if z.pod.DeletionTimestamp != nil || z.pod.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range z.pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podNodeIndex indexes cached pods by node, so a pass reads only the pods of the
+// nodes it drives, not every pod of the cluster.
+const podNodeIndex = "spec.nodeName"
+
+func indexPodNode(o client.Object) []string {
+	if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+		return []string{n}
+	}
+	return nil
+}
+
+// readWorld reads, from the cache, the nodes and what runs on those of interest. The
+// lists share the cache's objects (no deep copy): the world is read-only.
+func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of []string) (*world, error) {
+	w := &world{
+		nodes:    map[string]*corev1.Node{},
+		ztunnels: map[string][]ztunnelPod{},
+		ambient:  map[string][]*corev1.Pod{},
+		captures: map[string]*ztv1.NodeCapture{},
+	}
+	var nodes corev1.NodeList
+	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	for i := range nodes.Items {
+		w.nodes[nodes.Items[i].Name] = &nodes.Items[i]
+	}
+	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	revByUID := map[types.UID]string{}
+	for rev, ds := range dss {
+		revByUID[ds.UID] = rev
+	}
+	var nss corev1.NamespaceList
+	if err := r.Client.List(ctx, &nss, client.MatchingLabels{ambientModeLabel: "ambient"}); err != nil {
+		return nil, fmt.Errorf("list ambient namespaces: %w", err)
+	}
+	ambientNS := map[string]bool{}
+	for _, ns := range nss.Items {
+		ambientNS[ns.Name] = true
+	}
+	for _, node := range of {
+		var pods corev1.PodList
+		if err := r.Client.List(ctx, &pods, client.MatchingFields{podNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, fmt.Errorf("list pods on node %s: %w", node, err)
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Namespace == u.Spec.Ztunnel.Namespace && p.Labels["app"] == "ztunnel" {
+				// Istio's chart gives every revision's pods the same labels: attribute
+				// them through the DaemonSet that owns them.
+				if owner := metav1.GetControllerOf(p); owner != nil {
+					if rev, ok := revByUID[owner.UID]; ok {
+						w.ztunnels[node] = append(w.ztunnels[node], ztunnelPod{pod: p, revision: rev})
+					}
+				}
+				continue
+			}
+			if !ambientNS[p.Namespace] && p.Labels[ambientModeLabel] != "ambient" {
+				continue
+			}
+			if isDaemonPod(p) || p.Labels[ambientModeLabel] == "none" || podFinished(p) {
+				continue
+			}
+			w.ambient[node] = append(w.ambient[node], p)
+		}
+	}
+	if u.Spec.Analysis.AgentVerification != ztv1.AgentVerificationDisabled {
+		for _, node := range of {
+			var nc ztv1.NodeCapture
+			err := r.Client.Get(ctx, client.ObjectKey{Name: node}, &nc)
+			if err == nil {
+				w.captures[node] = &nc
+			} else if !apierrors.IsNotFound(err) {
+				return nil, fmt.Errorf("get NodeCapture %s: %w", node, err)
+			}
+		}
+	}
+	return w, nil
+}
+
+func isDaemonPod(p *corev1.Pod) bool {
+	owner := metav1.GetControllerOf(p)
+	return owner != nil && owner.Kind == "DaemonSet"
+}
+
+func podFinished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// ztunnelState sums up a node's ztunnels: whether one of rev is Ready and whether
+// any pod (even terminating) of another revision remains.
+func (w *world) ztunnelState(node, rev string) (readyRev bool, others int) {
+	for _, z := range w.ztunnels[node] {
+		if z.revision == rev {
+			readyRev = readyRev || z.ready()
+		} else {
+			others++
+		}
+	}
+	return readyRev, others
+}
+
+// nodeStep is the outcome of driving one node one action further.
+type nodeStep struct {
+	done    bool
+	waiting string // what the node waits for, for status and logs
+}
+
+// driveNode takes one action moving node n to revision target with the upgrade's
+// strategy, or reports it done. It derives everything from the world, so a restart
+// in the middle resumes where the cluster is.
+func (r *Reconciler) driveNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, target string) (nodeStep, error) {
+	node, ok := w.nodes[n.Name]
+	if !ok {
+		return nodeStep{}, fmt.Errorf("node %s in scope no longer exists", n.Name)
+	}
+	if u.Spec.NodeStrategy == ztv1.NodeStrategyHandoff {
+		return r.handoffNode(ctx, u, w, n, node, target)
+	}
+	return r.drainNode(ctx, u, w, n, node, target)
+}
+
+// drainNode: cordon, evict the node's ambient pods, relabel, wait until the target
+// ztunnel is Ready and no other one remains, uncordon. No connection is cut, because
+// no ambient pod is left on the node when its ztunnel changes.
+func (r *Reconciler) drainNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
+	key := nodeLabel(&u.Spec)
+	if node.Labels[key] == target {
+		n.Revision = target
+		ready, others := w.ztunnelState(n.Name, target)
+		switch {
+		case others > 0:
+			return nodeStep{waiting: "the old ztunnel to leave"}, nil
+		case !ready:
+			return nodeStep{waiting: "the " + target + " ztunnel to be Ready"}, nil
+		case node.Spec.Unschedulable && !n.WasCordoned:
+			return nodeStep{waiting: "uncordon"}, r.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": nil}})
+		}
+		return nodeStep{done: true}, nil
+	}
+	if !node.Spec.Unschedulable {
+		return nodeStep{waiting: "cordon"}, r.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": true}})
+	}
+	if pods := w.ambient[n.Name]; len(pods) > 0 {
+		return nodeStep{waiting: fmt.Sprintf("%d ambient pods to leave", len(pods))}, r.evict(ctx, pods)
+	}
+	n.Revision = target
+	return nodeStep{waiting: "relabel"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target}))
+}
+
+// handoffNode: set the transitional label so the target ztunnel starts beside the
+// current one, wait until it is Ready (and, when agents report, listening in every
+// ambient pod), then flip the node label and drop the transitional one in a single
+// write, so the old ztunnel leaves only once the new one serves.
+func (r *Reconciler) handoffNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
+	key, hkey := nodeLabel(&u.Spec), u.Spec.Ztunnel.HandoffLabel
+	ready, others := w.ztunnelState(n.Name, target)
+	if node.Labels[key] == target {
+		n.Revision = target
+		if _, ok := node.Labels[hkey]; ok {
+			return nodeStep{waiting: "the handoff label to go"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: nil}))
+		}
+		switch {
+		case others > 0:
+			return nodeStep{waiting: "the old ztunnel to leave"}, nil
+		case !ready:
+			return nodeStep{waiting: "the " + target + " ztunnel to be Ready"}, nil
+		}
+		return nodeStep{done: true}, nil
+	}
+	if node.Labels[hkey] != target {
+		return nodeStep{waiting: "the handoff label"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: target}))
+	}
+	if !ready {
+		return nodeStep{waiting: "the " + target + " ztunnel to start beside the old one"}, nil
+	}
+	if !r.captureAgrees(u, w, n.Name, target) {
+		return nodeStep{waiting: "the agent to see the " + target + " ztunnel listening in every ambient pod"}, nil
+	}
+	n.Revision = target
+	return nodeStep{waiting: "relabel"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target, hkey: nil}))
+}
+
+// captureAgrees is the handoff's agent check before the node label flips: the node's
+// NodeCapture must show target listening in every ambient pod (alone or beside the
+// old ztunnel). With agent verification Optional a missing report agrees; Disabled
+// always agrees. After the flip, the Verifying stage judges the final capture.
+func (r *Reconciler) captureAgrees(u *ztv1.RevisionUpgrade, w *world, node, target string) bool {
+	mode := u.Spec.Analysis.AgentVerification
+	if mode == ztv1.AgentVerificationDisabled {
+		return true
+	}
+	nc, ok := w.captures[node]
+	if !ok || nc.Status.ObservedAt == nil {
+		return mode != ztv1.AgentVerificationRequired
+	}
+	for _, p := range nc.Status.Pods {
+		switch {
+		case p.State == ztv1.CaptureSingle && p.CapturedBy == target:
+		case p.State == ztv1.CaptureBoth && containsRevision(p.CapturedBy, target):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func containsRevision(list, rev string) bool {
+	for _, r := range splitComma(list) {
+		if r == rev {
+			return true
+		}
+	}
+	return false
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func labelPatch(labels map[string]any) map[string]any {
+	return map[string]any{"metadata": map[string]any{"labels": labels}}
+}
+
+func (r *Reconciler) patchNode(ctx context.Context, name string, patch map[string]any) error {
+	b, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	countWrite("node")
+	if err := r.Client.Patch(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+		client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
+		return fmt.Errorf("patch node %s: %w", name, err)
+	}
+	return nil
+}
+
+// evict asks the Eviction API to remove pods, at most r.MaxEvictions per pass; a
+// PodDisruptionBudget that forbids one now (429) is not an error: the next pass
+// tries again.
+func (r *Reconciler) evict(ctx context.Context, pods []*corev1.Pod) error {
+	sent := 0
+	for _, p := range pods {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if sent >= r.maxEvictions() {
+			break
+		}
+		sent++
+		countWrite("eviction")
+		err := r.Client.SubResource("eviction").Create(ctx, p, &policyv1.Eviction{
+			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
+		})
+		switch {
+		case err == nil, apierrors.IsNotFound(err), apierrors.IsTooManyRequests(err):
+		default:
+			return fmt.Errorf("evict pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+	}
+	return nil
+}
+
+func (r *Reconciler) maxEvictions() int {
+	if r.MaxEvictions > 0 {
+		return r.MaxEvictions
+	}
+	return 10
+}
+
+// workloadsReady reports whether every Deployment and StatefulSet of the namespaces
+// pinned to rev has all its replicas updated and available.
+func (r *Reconciler) workloadsReady(ctx context.Context, u *ztv1.RevisionUpgrade, rev string) (bool, string, error) {
+	for _, wl := range u.Spec.Workloads {
+		if wl.Revision != rev {
+			continue
+		}
+		var deps appsv1.DeploymentList
+		if err := r.Client.List(ctx, &deps, client.InNamespace(wl.Namespace)); err != nil {
+			return false, "", err
+		}
+		for _, d := range deps.Items {
+			want := int32(1)
+			if d.Spec.Replicas != nil {
+				want = *d.Spec.Replicas
+			}
+			if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas < want || d.Status.AvailableReplicas < want || d.Status.Replicas > want {
+				return false, fmt.Sprintf("Deployment %s/%s: %d of %d replicas updated and available", d.Namespace, d.Name, min(d.Status.UpdatedReplicas, d.Status.AvailableReplicas), want), nil
+			}
+		}
+		var sts appsv1.StatefulSetList
+		if err := r.Client.List(ctx, &sts, client.InNamespace(wl.Namespace)); err != nil {
+			return false, "", err
+		}
+		for _, s := range sts.Items {
+			want := int32(1)
+			if s.Spec.Replicas != nil {
+				want = *s.Spec.Replicas
+			}
+			if s.Status.ObservedGeneration < s.Generation || s.Status.UpdatedReplicas < want || s.Status.ReadyReplicas < want {
+				return false, fmt.Sprintf("StatefulSet %s/%s: %d of %d replicas updated and ready", s.Namespace, s.Name, min(s.Status.UpdatedReplicas, s.Status.ReadyReplicas), want), nil
+			}
+		}
+	}
+	return true, "", nil
+}
+
+func metaOf(ns, name string) metav1.ObjectMeta { return metav1.ObjectMeta{Namespace: ns, Name: name} }

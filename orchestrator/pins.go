@@ -1,0 +1,233 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+)
+
+// FieldManager is the name ztcanary writes under, so other owners' fields are never
+// taken over silently.
+const FieldManager = "ztcanary"
+
+// revisionKey is where Istio records a revision: an annotation on the ztunnel
+// DaemonSet and its pods (Istio's chart), or a label of the same name.
+const revisionKey = "istio.io/rev"
+
+// revisionOf returns the revision an object belongs to.
+func revisionOf(obj client.Object) string {
+	if v := obj.GetAnnotations()[revisionKey]; v != "" {
+		return v
+	}
+	return obj.GetLabels()[revisionKey]
+}
+
+// ztunnelDaemonSets returns the ztunnel DaemonSets of the namespace by revision.
+// Istio's chart gives every revision the selector app=ztunnel, so DaemonSets are told
+// apart by their revision, and their pods only by ownerReference.
+func ztunnelDaemonSets(ctx context.Context, c client.Reader, ns string) (map[string]*appsv1.DaemonSet, error) {
+	var list appsv1.DaemonSetList
+	if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return nil, fmt.Errorf("list ztunnel DaemonSets in %s: %w", ns, err)
+	}
+	out := map[string]*appsv1.DaemonSet{}
+	for i := range list.Items {
+		ds := &list.Items[i]
+		if ds.Spec.Template.Labels["app"] != "ztunnel" {
+			continue
+		}
+		if rev := revisionOf(ds); rev != "" {
+			out[rev] = ds
+		}
+	}
+	return out, nil
+}
+
+// pinTarget is one object ztcanary pins to the nodes of a revision.
+type pinTarget struct {
+	kind     string
+	obj      client.Object
+	template *corev1.PodTemplateSpec
+	revision string
+	// affinity: pin through required node affinity ORed with the handoff label
+	// instead of nodeSelector (ztunnel DaemonSets during a Handoff).
+	affinity bool
+}
+
+// pinTargets lists what the upgrade pins: both ztunnel DaemonSets and every
+// Deployment and StatefulSet of the workload namespaces.
+func (r *Reconciler) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([]pinTarget, error) {
+	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	handoff := u.Spec.NodeStrategy == ztv1.NodeStrategyHandoff
+	var out []pinTarget
+	for _, rev := range []string{u.Spec.From, u.Spec.To} {
+		ds, ok := dss[rev]
+		if !ok {
+			return nil, fmt.Errorf("no ztunnel DaemonSet of revision %s in %s", rev, u.Spec.Ztunnel.Namespace)
+		}
+		out = append(out, pinTarget{kind: "DaemonSet", obj: ds, template: &ds.Spec.Template, revision: rev, affinity: handoff})
+	}
+	for _, w := range u.Spec.Workloads {
+		var deps appsv1.DeploymentList
+		if err := r.Client.List(ctx, &deps, client.InNamespace(w.Namespace)); err != nil {
+			return nil, fmt.Errorf("list Deployments in %s: %w", w.Namespace, err)
+		}
+		for i := range deps.Items {
+			d := &deps.Items[i]
+			out = append(out, pinTarget{kind: "Deployment", obj: d, template: &d.Spec.Template, revision: w.Revision})
+		}
+		var sts appsv1.StatefulSetList
+		if err := r.Client.List(ctx, &sts, client.InNamespace(w.Namespace)); err != nil {
+			return nil, fmt.Errorf("list StatefulSets in %s: %w", w.Namespace, err)
+		}
+		for i := range sts.Items {
+			s := &sts.Items[i]
+			out = append(out, pinTarget{kind: "StatefulSet", obj: s, template: &s.Spec.Template, revision: w.Revision})
+		}
+	}
+	return out, nil
+}
+
+// recordPins returns what each target's pinning fields hold before the upgrade.
+func recordPins(u *ztv1.RevisionUpgrade, targets []pinTarget) []ztv1.PinRecord {
+	key := nodeLabel(&u.Spec)
+	out := make([]ztv1.PinRecord, 0, len(targets))
+	for _, t := range targets {
+		rec := ztv1.PinRecord{Kind: t.kind, Namespace: t.obj.GetNamespace(), Name: t.obj.GetName()}
+		if v, ok := t.template.Spec.NodeSelector[key]; ok {
+			rec.Value = &v
+		}
+		if t.affinity {
+			b, _ := json.Marshal(t.template.Spec.Affinity)
+			rec.Affinity = string(b)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// pinPatch is the merge patch pinning a target to its revision's nodes. A merge patch
+// on the pod template touches only the keys it names.
+func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
+	key := nodeLabel(&u.Spec)
+	spec := map[string]any{}
+	if !t.affinity {
+		spec["nodeSelector"] = map[string]any{key: t.revision}
+	} else {
+		var orig *corev1.NodeSelector
+		if a := t.template.Spec.Affinity; a != nil && a.NodeAffinity != nil {
+			orig = a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution
+		}
+		spec["nodeSelector"] = map[string]any{key: nil}
+		spec["affinity"] = map[string]any{"nodeAffinity": map[string]any{
+			"requiredDuringSchedulingIgnoredDuringExecution": handoffAffinity(orig, key, u.Spec.Ztunnel.HandoffLabel, t.revision),
+		}}
+	}
+	return json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}})
+}
+
+// handoffAffinity is "node label is rev OR handoff label is rev", each ANDed with the
+// terms the DaemonSet already required (terms are ORed, expressions ANDed).
+func handoffAffinity(orig *corev1.NodeSelector, key, handoffKey, rev string) *corev1.NodeSelector {
+	ours := []corev1.NodeSelectorRequirement{
+		{Key: key, Operator: corev1.NodeSelectorOpIn, Values: []string{rev}},
+		{Key: handoffKey, Operator: corev1.NodeSelectorOpIn, Values: []string{rev}},
+	}
+	base := []corev1.NodeSelectorTerm{{}}
+	if orig != nil && len(orig.NodeSelectorTerms) > 0 {
+		base = orig.NodeSelectorTerms
+	}
+	out := &corev1.NodeSelector{}
+	for _, req := range ours {
+		for _, term := range base {
+			t := *term.DeepCopy()
+			t.MatchExpressions = append(t.MatchExpressions, req)
+			out.NodeSelectorTerms = append(out.NodeSelectorTerms, t)
+		}
+	}
+	return out
+}
+
+// restorePatch is the merge patch putting a target's recorded pinning back. A merge
+// patch merges objects, so the parts ztcanary created are set to null explicitly
+// rather than left empty.
+func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
+	key := nodeLabel(&u.Spec)
+	spec := map[string]any{"nodeSelector": map[string]any{key: rec.Value}}
+	if rec.Affinity != "" {
+		var orig *corev1.Affinity
+		if err := json.Unmarshal([]byte(rec.Affinity), &orig); err != nil {
+			return nil, fmt.Errorf("recorded affinity of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+		}
+		switch {
+		case orig == nil:
+			spec["affinity"] = nil
+		case orig.NodeAffinity == nil:
+			spec["affinity"] = map[string]any{"nodeAffinity": nil}
+		default:
+			spec["affinity"] = map[string]any{"nodeAffinity": map[string]any{
+				"requiredDuringSchedulingIgnoredDuringExecution": orig.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution,
+			}}
+		}
+	}
+	return json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}})
+}
+
+func objectFor(kind, ns, name string) client.Object {
+	switch kind {
+	case "DaemonSet":
+		return &appsv1.DaemonSet{ObjectMeta: metaOf(ns, name)}
+	case "StatefulSet":
+		return &appsv1.StatefulSet{ObjectMeta: metaOf(ns, name)}
+	default:
+		return &appsv1.Deployment{ObjectMeta: metaOf(ns, name)}
+	}
+}
+
+// applyPins pins every target; merge patches are idempotent, so a restart repeats
+// them harmlessly.
+func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	targets, err := r.pinTargets(ctx, u)
+	if err != nil {
+		return err
+	}
+	for _, t := range targets {
+		patch, err := pinPatch(u, t)
+		if err != nil {
+			return err
+		}
+		countWrite("pin")
+		if err := r.Client.Patch(ctx, objectFor(t.kind, t.obj.GetNamespace(), t.obj.GetName()),
+			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
+			return fmt.Errorf("pin %s %s/%s to %s: %w", t.kind, t.obj.GetNamespace(), t.obj.GetName(), t.revision, err)
+		}
+	}
+	return nil
+}
+
+// restorePins writes back every recorded pinning.
+func (r *Reconciler) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	for _, rec := range u.Status.OriginalPins {
+		patch, err := restorePatch(u, rec)
+		if err != nil {
+			return err
+		}
+		countWrite("pin")
+		err = r.Client.Patch(ctx, objectFor(rec.Kind, rec.Namespace, rec.Name),
+			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
+		if client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("restore pinning of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"go.uber.org/zap"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+)
+
+// preflightError is a reason not to start: shown as the Ready condition, with no
+// change made.
+type preflightError struct {
+	reason string
+	msg    string
+}
+
+func (e *preflightError) Error() string { return e.msg }
+
+func refused(reason, format string, args ...any) error {
+	return &preflightError{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// trustedAccountsEnv is istiod's list of ServiceAccounts allowed to ask certificates
+// on behalf of nodes; a ztunnel whose account is missing gets none.
+const trustedAccountsEnv = "CA_TRUSTED_NODE_ACCOUNTS"
+
+// preflight checks, before anything moves, that the to revision can take over:
+// istiod-<to> is Ready, the to ztunnel DaemonSet exists with its own ServiceAccount
+// that istiod trusts, the from ztunnel exists, and the workload namespaces exist.
+func (r *Reconciler) preflight(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	ns := u.Spec.Ztunnel.Namespace
+	var istiod appsv1.Deployment
+	name := "istiod-" + u.Spec.To
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &istiod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refused("IstiodMissing", "spec.to: no istiod Deployment %s/%s; install the %s control plane first (helm install istiod-%s ... --set revision=%s)", ns, name, u.Spec.To, u.Spec.To, u.Spec.To)
+		}
+		return fmt.Errorf("get istiod %s/%s: %w", ns, name, err)
+	}
+	if !deploymentAvailable(&istiod) {
+		return refused("IstiodNotReady", "istiod %s/%s is not Available yet (%d of %d replicas)", ns, name, istiod.Status.AvailableReplicas, replicas(istiod.Spec.Replicas))
+	}
+	dss, err := ztunnelDaemonSets(ctx, r.Client, ns)
+	if err != nil {
+		return err
+	}
+	from, ok := dss[u.Spec.From]
+	if !ok {
+		return refused("ZtunnelMissing", "spec.from: no ztunnel DaemonSet of revision %s in %s (pods labelled app=ztunnel, annotation istio.io/rev=%s)", u.Spec.From, ns, u.Spec.From)
+	}
+	to, ok := dss[u.Spec.To]
+	if !ok {
+		return refused("ZtunnelMissing", "spec.to: no ztunnel DaemonSet of revision %s in %s; install the ztunnel chart with revision=%s and resourceName=ztunnel-%s", u.Spec.To, ns, u.Spec.To, u.Spec.To)
+	}
+	sa := to.Spec.Template.Spec.ServiceAccountName
+	if sa == "" || sa == "default" {
+		return refused("ZtunnelServiceAccount", "ztunnel DaemonSet %s/%s runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it", ns, to.Name)
+	}
+	if sa == from.Spec.Template.Spec.ServiceAccountName && from.Name != to.Name {
+		// Sharing is allowed by Istio but makes the revisions indistinguishable to istiod.
+		r.Log.Info("both ztunnel revisions share a ServiceAccount", zap.String("serviceAccount", sa))
+	}
+	var account corev1.ServiceAccount
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: sa}, &account); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refused("ZtunnelServiceAccount", "ztunnel DaemonSet %s/%s uses ServiceAccount %s, which does not exist", ns, to.Name, sa)
+		}
+		return fmt.Errorf("get ServiceAccount %s/%s: %w", ns, sa, err)
+	}
+	trusted := trustedAccounts(&istiod, ns)
+	if !trusted[ns+"/"+sa] {
+		return refused("ZtunnelNotTrusted", "istiod %s/%s does not trust ServiceAccount %s/%s (%s=%s): the %s ztunnel would get no certificate; add it to %s", ns, name, ns, sa, trustedAccountsEnv, joinKeys(trusted), u.Spec.To, trustedAccountsEnv)
+	}
+	for i, w := range u.Spec.Workloads {
+		var wns corev1.Namespace
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: w.Namespace}, &wns); err != nil {
+			if apierrors.IsNotFound(err) {
+				return refused("WorkloadsMissing", "spec.workloads[%d].namespace: namespace %s does not exist", i, w.Namespace)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func deploymentAvailable(d *appsv1.Deployment) bool {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentAvailable {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func replicas(p *int32) int32 {
+	if p == nil {
+		return 1
+	}
+	return *p
+}
+
+// trustedAccounts reads CA_TRUSTED_NODE_ACCOUNTS from istiod's containers (default:
+// <ns>/ztunnel, as istiod itself defaults).
+func trustedAccounts(d *appsv1.Deployment, ns string) map[string]bool {
+	out := map[string]bool{}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		for _, e := range c.Env {
+			if e.Name == trustedAccountsEnv {
+				for _, a := range strings.Split(e.Value, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						out[a] = true
+					}
+				}
+				return out
+			}
+		}
+	}
+	out[ns+"/ztunnel"] = true
+	return out
+}
+
+func joinKeys(m map[string]bool) string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
+}
