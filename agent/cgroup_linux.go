@@ -36,10 +36,18 @@ func CgroupID(dir string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// PodCgroups walks the cgroup v2 tree under root and returns, for every cgroup of a pod (the
-// pod's own cgroup and its containers'), its id mapped to the pod UID.
-func PodCgroups(root string) (map[uint64]string, error) {
-	ids := map[uint64]string{}
+// PodCgroupIndex maps cgroup ids to the pods they belong to.
+type PodCgroupIndex struct {
+	// PodOf maps the id of every cgroup of a pod (the pod's own and its containers') to the
+	// pod UID.
+	PodOf map[uint64]string
+	// PodDir maps a pod UID to the id of the pod's own cgroup (the outermost one).
+	PodDir map[string]uint64
+}
+
+// PodCgroups walks the cgroup v2 tree under root and indexes the cgroups of pods.
+func PodCgroups(root string) (PodCgroupIndex, error) {
+	ix := PodCgroupIndex{PodOf: map[uint64]string{}, PodDir: map[string]uint64{}}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -62,13 +70,16 @@ func PodCgroups(root string) (map[uint64]string, error) {
 			}
 			return err
 		}
-		ids[id] = uid
+		ix.PodOf[id] = uid
+		if _, ok := ix.PodDir[uid]; !ok { // WalkDir visits parents first
+			ix.PodDir[uid] = id
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("walk cgroups under %s: %w", root, err)
+		return PodCgroupIndex{}, fmt.Errorf("walk cgroups under %s: %w", root, err)
 	}
-	return ids, nil
+	return ix, nil
 }
 
 // ProcessPodUID reads /proc/<pid>/cgroup under procRoot ("/proc" on the host) and returns the

@@ -354,7 +354,7 @@ func (z *ztunnel) close(t testing.TB) { z.do(t, "close") }
 // cgroup tree for pod UIDs, then mapping ztunnel pod UIDs to revisions.
 func revisions(t testing.TB, tree *cgroupTree, zs ...*ztunnel) map[uint64]string {
 	t.Helper()
-	ids, err := PodCgroups(tree.root)
+	ix, err := PodCgroups(tree.root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,7 @@ func revisions(t testing.TB, tree *cgroupTree, zs ...*ztunnel) map[uint64]string
 		byUID[z.uid] = z.rev
 	}
 	revs := map[uint64]string{}
-	for id, uid := range ids {
+	for id, uid := range ix.PodOf {
 		if r, ok := byUID[uid]; ok {
 			revs[id] = r
 		}

@@ -154,8 +154,7 @@ type PortCapture struct {
 type PodCapture struct {
 	Pod         string
 	NetnsCookie uint64
-	// Capture over all capture ports: Single only if every port is held by the same single
-	// revision.
+	// Capture over all capture ports: the revisions that listen on every one of them.
 	Capture Capture
 	Ports   []PortCapture
 }
@@ -183,9 +182,9 @@ func BuildReport(owners []Owner, revOf RevisionOf, pods map[uint64]string, ports
 	var rep NodeReport
 	for cookie, name := range pods {
 		pc := PodCapture{Pod: name, NetnsCookie: cookie}
-		var listening []Owner
-		portRevs := map[string]int{}
-		allPortsHeld := true
+		// A revision captures the pod only if it listens on every capture port: a ztunnel
+		// that bound some ports of a pod does not serve it yet.
+		full := map[string]int{}
 		for _, port := range ports {
 			os := byNS[cookie][port]
 			sort.Slice(os, func(i, j int) bool { return os[i].CgroupID < os[j].CgroupID })
@@ -196,23 +195,29 @@ func BuildReport(owners []Owner, revOf RevisionOf, pods map[uint64]string, ports
 					r = UnknownRevision
 				}
 				pcap.Accepts[r] += o.Accepts
-				if o.Listening() {
-					listening = append(listening, o)
-				}
-			}
-			if pcap.Capture.Kind == KindNone {
-				allPortsHeld = false
 			}
 			for _, r := range pcap.Capture.Revisions {
-				portRevs[r]++
+				full[r]++
 			}
 			pc.Ports = append(pc.Ports, pcap)
 		}
-		pc.Capture = Classify(listening, revOf)
-		// A revision that holds only some ports does not capture the pod alone.
-		if pc.Capture.Kind == KindSingle && !allPortsHeld {
+		var revs []string
+		for r, n := range full {
+			if n == len(ports) {
+				revs = append(revs, r)
+			}
+		}
+		sort.Strings(revs)
+		pc.Capture = Capture{Revisions: revs}
+		switch len(revs) {
+		case 0:
 			pc.Capture.Kind = KindNone
-			pc.Capture.Revisions = nil
+		case 1:
+			pc.Capture.Kind = KindSingle
+		case 2:
+			pc.Capture.Kind = KindBoth
+		default:
+			pc.Capture.Kind = KindMany
 		}
 		rep.Pods = append(rep.Pods, pc)
 	}

@@ -65,6 +65,7 @@ func TestBuildReportAndJudge(t *testing.T) {
 		{"pod without listener", all(1, 100), "r1", false, "ns/a=Single(r1) ns/b=None", false, "pod ns/b: no single ztunnel"},
 		{"one port missing is not a capture", all(1, 100)[:2], "r1", false, "ns/a=None ns/b=None", false, "pod ns/a"},
 		{"handoff tolerated when asked", append(append(all(1, 100), all(1, 200)...), all(2, 200)...), "r2", true, "ns/a=Both(r1,r2) ns/b=Single(r2)", true, ""},
+		{"a ztunnel that bound only some ports does not capture yet", append(all(1, 100), append(all(2, 100), all(1, 200)[:1]...)...), "r1", false, "ns/a=Single(r1) ns/b=Single(r1)", true, ""},
 		{"handoff refused otherwise", append(append(all(1, 100), all(1, 200)...), all(2, 200)...), "r2", false, "ns/a=Both(r1,r2) ns/b=Single(r2)", false, "at once"},
 		{"owners of other namespaces are ignored", append(all(1, 100), append(all(2, 100), all(3, 200)...)...), "r1", false, "ns/a=Single(r1) ns/b=Single(r1)", true, ""},
 	}
