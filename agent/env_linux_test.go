@@ -290,7 +290,12 @@ type ztunnel struct {
 // serving the given pods. It does not listen until told to.
 func startZtunnel(t testing.TB, tree *cgroupTree, rev string, pods []*pod, ports []uint16) *ztunnel {
 	t.Helper()
-	uid := newUID()
+	return startZtunnelPod(t, tree, rev, newUID(), pods, ports)
+}
+
+// startZtunnelPod is startZtunnel for the ztunnel pod of the given UID.
+func startZtunnelPod(t testing.TB, tree *cgroupTree, rev, uid string, pods []*pod, ports []uint16) *ztunnel {
+	t.Helper()
 	z := &ztunnel{rev: rev, uid: uid, cgroup: tree.podCgroup(t, uid)}
 	var ps []string
 	for _, p := range ports {
