@@ -269,7 +269,8 @@ func givePodIP(t *testing.T, p *pod, ip, dir string) {
 		t.Fatalf("bind-mount netns: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil {
+		// EINVAL: the test unmounted it already.
+		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
 			t.Errorf("unmount netns: %v", err)
 		}
 	})
@@ -300,4 +301,45 @@ func applyRBAC(t *testing.T, ctx context.Context, c client.Client) {
 		}
 	}
 	_ = rbacv1.SchemeGroupVersion
+}
+
+func TestResolverFindsNamespacesByIPAndForgetsVanishedOnes(t *testing.T) {
+	requirePrivileges(t)
+	dir := t.TempDir()
+	a, b := newPod(t, "x/a"), newPod(t, "x/b")
+	givePodIP(t, a, "10.250.0.1", dir)
+	givePodIP(t, b, "10.250.0.2", dir)
+	r := NetnsResolver{Dirs: []string{dir}}
+	fresh, err := r.Refresh()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byIP := r.ByIP()
+	if len(fresh) != 2 || byIP["10.250.0.1"] == nil || byIP["10.250.0.1"].Cookie != a.cookie || byIP["10.250.0.2"].Cookie != b.cookie {
+		t.Fatalf("fresh %d, by IP %v; want a and b", len(fresh), byIP)
+	}
+	if fresh, _ := r.Refresh(); len(fresh) != 0 {
+		t.Errorf("second refresh found %d new namespaces, want 0", len(fresh))
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents { // the CRI removes a dead pod's bind mount
+		p := filepath.Join(dir, e.Name())
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err == nil && r.ByIP()["10.250.0.2"] != nil {
+			if id := (nsID{st.Dev, st.Ino}); r.known[id] != nil && r.known[id].Cookie == b.cookie {
+				if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if _, err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if c := r.Cookies(); !c[a.cookie] || c[b.cookie] {
+		t.Errorf("cookies after b vanished = %v, want only a's %d", c, a.cookie)
+	}
 }
