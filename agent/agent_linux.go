@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -156,6 +157,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	byIP := a.resolver.ByIP()
 	pods := map[uint64]string{}
+	var fresh []*Netns
 	for _, p := range view.Ambient {
 		for _, ip := range p.IPs {
 			n, ok := byIP[ip]
@@ -164,14 +166,13 @@ func (a *Agent) sync(ctx context.Context) error {
 			}
 			pods[n.Cookie] = p.Key()
 			if !a.scanned[n.Cookie] {
-				if err := a.scan(n); err != nil {
-					a.fail("scan", err)
-				} else {
-					a.scanned[n.Cookie] = true
-				}
+				fresh = append(fresh, n)
 			}
 			break
 		}
+	}
+	if err := a.scan(fresh); err != nil {
+		a.fail("scan", err)
 	}
 	live := a.resolver.Cookies()
 	for c := range a.scanned {
@@ -188,14 +189,31 @@ func (a *Agent) sync(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) scan(n *Netns) error {
-	ns, err := n.Open()
-	if err != nil {
+// scan reconciles the maps with the listeners of namespaces seen for the first time.
+func (a *Agent) scan(fresh []*Netns) error {
+	var handles []netns.NsHandle
+	defer func() {
+		for _, h := range handles {
+			h.Close()
+		}
+	}()
+	for _, n := range fresh {
+		h, err := n.Open()
+		if err != nil {
+			return err
+		}
+		handles = append(handles, h)
+	}
+	if len(handles) == 0 {
+		return nil
+	}
+	if _, err := a.probe.Reconcile(handles...); err != nil {
 		return err
 	}
-	defer ns.Close()
-	_, err = a.probe.Reconcile(ns)
-	return err
+	for _, n := range fresh {
+		a.scanned[n.Cookie] = true
+	}
+	return nil
 }
 
 // write creates the node's NodeCapture if needed (owned by the Node, so it goes with it)

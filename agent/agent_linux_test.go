@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -270,7 +271,7 @@ func givePodIP(t *testing.T, p *pod, ip, dir string) {
 	}
 	t.Cleanup(func() {
 		// EINVAL: the test unmounted it already.
-		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			t.Errorf("unmount netns: %v", err)
 		}
 	})

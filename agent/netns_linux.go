@@ -37,20 +37,26 @@ func InNetns(ns netns.NsHandle, fn func() error) error {
 func NetnsCookie(ns netns.NsHandle) (uint64, error) {
 	var cookie uint64
 	err := InNetns(ns, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("socket: %w", err)
-		}
-		defer unix.Close(fd)
-		var c uint64
-		size := uint32(unsafe.Sizeof(c))
-		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE,
-			uintptr(unsafe.Pointer(&c)), uintptr(unsafe.Pointer(&size)), 0)
-		if errno != 0 {
-			return fmt.Errorf("getsockopt SO_NETNS_COOKIE: %w", errno)
-		}
-		cookie = c
-		return nil
+		var err error
+		cookie, err = currentNetnsCookie()
+		return err
 	})
 	return cookie, err
+}
+
+// currentNetnsCookie returns the cookie of the calling thread's network namespace.
+func currentNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var cookie uint64
+	size := uint32(unsafe.Sizeof(cookie))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE,
+		uintptr(unsafe.Pointer(&cookie)), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
+		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE: %w", errno)
+	}
+	return cookie, nil
 }

@@ -171,17 +171,18 @@ func (p *Probe) Scan(ns netns.NsHandle) (uint64, []Listener, error) {
 		cookie uint64
 		rd     io.ReadCloser
 	)
-	cookie, err := NetnsCookie(ns)
-	if err != nil {
-		return 0, nil, err
-	}
-	err = InNetns(ns, func() error {
+	err := InNetns(ns, func() error {
 		var err error
-		rd, err = p.iter.Open()
-		return err
+		if cookie, err = currentNetnsCookie(); err != nil {
+			return err
+		}
+		if rd, err = p.iter.Open(); err != nil {
+			return fmt.Errorf("open tcp iterator: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
-		return 0, nil, fmt.Errorf("open tcp iterator: %w", err)
+		return 0, nil, err
 	}
 	defer rd.Close()
 	data, err := io.ReadAll(rd)
@@ -207,22 +208,30 @@ func (p *Probe) Scan(ns netns.NsHandle) (uint64, []Listener, error) {
 	return cookie, out, nil
 }
 
-// Reconcile scans network namespace ns and corrects the owners map to match the listeners it
-// holds now: owners bound before the programs were attached (or while the agent was down)
-// are added, owners whose listeners went away meanwhile are marked closed. Counts of accepted
-// connections are kept. It returns the namespace's cookie.
-func (p *Probe) Reconcile(ns netns.NsHandle) (uint64, error) {
-	cookie, ls, err := p.Scan(ns)
-	if err != nil {
-		return 0, err
-	}
+// Reconcile scans network namespaces and corrects the owners map to match the listeners
+// they hold now: owners bound before the programs were attached (or while the agent was
+// down) are added, owners whose listeners went away meanwhile are marked closed. Counts of
+// accepted connections are kept. It returns the namespaces' cookies. The map is read once
+// for all namespaces. A listen or close in a namespace between its scan and the correction
+// can be overwritten; the agent reconciles a namespace only when it first sees it.
+func (p *Probe) Reconcile(nss ...netns.NsHandle) ([]uint64, error) {
 	type key struct {
-		cgroup uint64
-		port   uint16
+		cookie, cgroup uint64
+		port           uint16
 	}
 	seen := map[key]int32{}
-	for _, l := range ls {
-		seen[key{l.CgroupID, l.Port}]++
+	scanned := map[uint64]bool{}
+	var cookies []uint64
+	for _, ns := range nss {
+		cookie, ls, err := p.Scan(ns)
+		if err != nil {
+			return nil, err
+		}
+		cookies = append(cookies, cookie)
+		scanned[cookie] = true
+		for _, l := range ls {
+			seen[key{cookie, l.CgroupID, l.Port}]++
+		}
 	}
 	now := bootNanos()
 	var (
@@ -233,10 +242,10 @@ func (p *Probe) Reconcile(ns netns.NsHandle) (uint64, error) {
 	)
 	it := p.objs.Owners.Iterate()
 	for it.Next(&k, &v) {
-		if k.NetnsCookie != cookie {
+		if !scanned[k.NetnsCookie] {
 			continue
 		}
-		kk := key{k.CgroupId, k.Port}
+		kk := key{k.NetnsCookie, k.CgroupId, k.Port}
 		done[kk] = true
 		n := seen[kk]
 		if v.Listeners == n {
@@ -249,23 +258,23 @@ func (p *Probe) Reconcile(ns netns.NsHandle) (uint64, error) {
 		fix[k] = v
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("list owners: %w", err)
+		return nil, fmt.Errorf("list owners: %w", err)
 	}
 	for kk, n := range seen {
 		if done[kk] {
 			continue
 		}
-		fix[bpf.CaptureZtOwnerKey{NetnsCookie: cookie, CgroupId: kk.cgroup, Port: kk.port}] = bpf.CaptureZtOwner{Listeners: n}
+		fix[bpf.CaptureZtOwnerKey{NetnsCookie: kk.cookie, CgroupId: kk.cgroup, Port: kk.port}] = bpf.CaptureZtOwner{Listeners: n}
 	}
 	for k, v := range fix {
 		if err := p.objs.Owners.Put(k, v); err != nil {
-			return 0, fmt.Errorf("reconcile owner: %w", err)
+			return nil, fmt.Errorf("reconcile owner: %w", err)
 		}
 	}
 	if len(fix) > 0 {
-		p.log.Info("reconciled listeners", zap.Uint64("netns", cookie), zap.Int("fixed", len(fix)))
+		p.log.Info("reconciled listeners", zap.Int("namespaces", len(nss)), zap.Int("fixed", len(fix)))
 	}
-	return cookie, nil
+	return cookies, nil
 }
 
 // Snapshot reads every owner from the map.

@@ -192,12 +192,12 @@ func TestListenersBoundBeforeTheAgentAreFound(t *testing.T) {
 	if got := describe(report(t, p, revs, a)); !strings.HasPrefix(got, "bookinfo/a=None") {
 		t.Fatalf("before the scan: %s, want None (the tracepoint saw nothing)", got)
 	}
-	cookie, err := p.Reconcile(a.ns)
+	cookies, err := p.Reconcile(a.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cookie != a.cookie {
-		t.Fatalf("scan cookie %d, want %d", cookie, a.cookie)
+	if len(cookies) != 1 || cookies[0] != a.cookie {
+		t.Fatalf("scan cookies %v, want [%d]", cookies, a.cookie)
 	}
 	rep := report(t, p, revs, a)
 	if got := rep.Pods[0].Capture.String(); got != "Single(1-18-0)" {
