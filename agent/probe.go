@@ -16,8 +16,9 @@ var ErrUnsupported = errors.New("eBPF capture probe needs Linux")
 
 // ProbeOptions configure Load.
 type ProbeOptions struct {
-	// PinDir is the bpffs folder for the maps (DefaultPinDir when empty). If the bpffs is
-	// not mounted at PinDir's parent, Load mounts it at /sys/fs/bpf.
+	// PinDir is the bpffs folder for the maps (DefaultPinDir when empty). When PinDir is
+	// below /sys/fs/bpf and no bpffs is mounted there, Load mounts one (in the agent's mount
+	// namespace: for counts to survive restarts the host should mount it).
 	PinDir string
 	// Ports to follow (DefaultPorts when empty), at most 16.
 	Ports []uint16

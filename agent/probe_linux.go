@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -71,24 +72,29 @@ func Load(log *zap.Logger, opts ProbeOptions) (*Probe, error) {
 	return p, nil
 }
 
-// ensureBPFFS mounts the bpf filesystem at /sys/fs/bpf when dir is not on one.
+// ensureBPFFS checks that dir is on a bpf filesystem, mounting one at /sys/fs/bpf when dir
+// is below it and nothing is mounted there yet.
 func ensureBPFFS(dir string) error {
-	for d := dir; ; d = filepath.Dir(d) {
-		var st unix.Statfs_t
-		if err := unix.Statfs(d, &st); err == nil {
-			if st.Type == unix.BPF_FS_MAGIC {
-				return nil
+	const mnt = "/sys/fs/bpf"
+	onBPF := func() (bool, error) {
+		for d := dir; ; d = filepath.Dir(d) {
+			var st unix.Statfs_t
+			if err := unix.Statfs(d, &st); err == nil {
+				return st.Type == unix.BPF_FS_MAGIC, nil
+			} else if !errors.Is(err, unix.ENOENT) {
+				return false, fmt.Errorf("statfs %s: %w", d, err)
 			}
-			break
-		}
-		if d == "/" {
-			break
+			if d == "/" || d == "." {
+				return false, nil
+			}
 		}
 	}
-	const mnt = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(mnt, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
-		return nil
+	ok, err := onBPF()
+	if err != nil || ok {
+		return err
+	}
+	if dir != mnt && !strings.HasPrefix(dir, mnt+"/") {
+		return fmt.Errorf("pin folder %s is not on a bpf filesystem", dir)
 	}
 	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount bpffs at %s: %w", mnt, err)
