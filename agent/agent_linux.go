@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -236,7 +237,11 @@ func (a *Agent) write(ctx context.Context, st ztv1.NodeCaptureStatus) error {
 		} else if err != nil {
 			return fmt.Errorf("get NodeCapture %s: %w", a.opts.Node, err)
 		}
+		// Keep the conditions' transition times across writes and agent restarts.
+		conds := nc.Status.Conditions
+		meta.SetStatusCondition(&conds, VerifiedCondition(st))
 		nc.Status = st
+		nc.Status.Conditions = conds
 		if err := a.c.Status().Update(ctx, &nc); err != nil {
 			return fmt.Errorf("update NodeCapture %s status: %w", a.opts.Node, err)
 		}
@@ -244,8 +249,10 @@ func (a *Agent) write(ctx context.Context, st ztv1.NodeCaptureStatus) error {
 	})
 }
 
-// sameStatus compares two statuses but their observation time.
+// sameStatus compares two statuses but their observation time and conditions (which
+// follow from the verdict and message).
 func sameStatus(a, b ztv1.NodeCaptureStatus) bool {
 	a.ObservedAt, b.ObservedAt = nil, nil
+	a.Conditions, b.Conditions = nil, nil
 	return reflect.DeepEqual(a, b)
 }

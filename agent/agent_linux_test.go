@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
@@ -175,6 +176,9 @@ func TestAgentWritesNodeCapture(t *testing.T) {
 	if zs := nc.Status.Ztunnels; len(zs) != 1 || zs[0].Name != zt1.Name || zs[0].Revision != "1-18-0" || zs[0].CgroupID != int64(cgID) {
 		t.Errorf("ztunnels = %+v, want %s rev 1-18-0 cgroup %d", zs, zt1.Name, cgID)
 	}
+	if c := meta.FindStatusCondition(nc.Status.Conditions, ConditionVerified); c == nil || c.Status != metav1.ConditionTrue || c.Reason != "Match" {
+		t.Errorf("Verified condition = %+v, want True/Match", c)
+	}
 	if len(nc.OwnerReferences) != 1 || nc.OwnerReferences[0].Kind != "Node" {
 		t.Errorf("owner references = %+v, want the Node", nc.OwnerReferences)
 	}
@@ -204,6 +208,9 @@ func TestAgentWritesNodeCapture(t *testing.T) {
 	eventually("both on b", func() (bool, string) {
 		return strings.Contains(summary(), "bookinfo/ratings-b=Both(1-18-0,1-18-1)") && nc.Status.Verdict == ztv1.VerdictMultipleRevisions, summary()
 	})
+	if c := meta.FindStatusCondition(nc.Status.Conditions, ConditionVerified); c == nil || c.Status != metav1.ConditionFalse || c.Reason != "MultipleRevisions" {
+		t.Errorf("Verified condition = %+v, want False/MultipleRevisions", c)
+	}
 	z1.close(t)
 	eventually("a uncaptured, b on 1-18-1", func() (bool, string) {
 		return strings.Contains(summary(), "bookinfo/ratings-b=Single(1-18-1) bookinfo/reviews-a=None()") && nc.Status.Verdict == ztv1.VerdictMultipleRevisions, summary()

@@ -122,6 +122,21 @@ func BuildStatus(v NodeView, rep NodeReport, attr Attribution, now time.Time) zt
 	return st
 }
 
+// ConditionVerified is the NodeCapture condition that is True when the verdict is Match.
+const ConditionVerified = "Verified"
+
+// VerifiedCondition states the verdict as a condition (reason: the verdict).
+func VerifiedCondition(st ztv1.NodeCaptureStatus) metav1.Condition {
+	c := metav1.Condition{Type: ConditionVerified, Status: metav1.ConditionFalse, Reason: string(st.Verdict), Message: st.Message}
+	if st.Verdict == ztv1.VerdictMatch {
+		c.Status = metav1.ConditionTrue
+	}
+	if c.Reason == "" {
+		c.Reason = string(ztv1.VerdictUnknown)
+	}
+	return c
+}
+
 // podState maps a pod's capture to the API's state and capturedBy (oldest first).
 func podState(p PodCapture, revOf RevisionOf) (ztv1.CaptureState, string) {
 	for _, r := range p.Capture.Revisions {
