@@ -49,14 +49,10 @@ sim-up:
 sim-down:
 	@$(SIM) down -dir $(SIM_DIR)
 
-## demo: a full canary upgrade on the simulated cluster
-demo: sim-binaries
-	@echo "demo: not yet: the canary upgrade arrives with the orchestrator."
-	@echo "demo: meanwhile, the seed topology on a simulated cluster:"
-	@$(SIM) up -dir $(SIM_DIR)-demo -nodes 5
-	@$(SIM) down -dir $(SIM_DIR)-demo
-	@rm -rf $(SIM_DIR)-demo
+## demo: a full canary upgrade, then a failed one rolled back, on a simulated cluster
+demo: sim-binaries build
+	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator
 
 ## bench: run the benchmarks and print their figures
 bench: sim-binaries
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 3x -benchmem ./...
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

@@ -23,10 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 	"github.com/ztcanary/ztcanary/orchestrator"
@@ -37,7 +37,7 @@ const (
 	toRev     = "1-18-1"
 	istioNS   = "istio-system"
 	revKey    = "istio.io/rev"
-	fromApps  = "bookinfo-" + fromRev
+	fromApps  = "bookinfo-" + fromRev // seed.AppNamespace
 	toApps    = "bookinfo-" + toRev
 	testNodes = 5 // the control plane and four workers; the workers are in scope
 )
@@ -63,7 +63,7 @@ func TestMain(m *testing.M) {
 
 // env is one test's simulated cluster with the seed topology installed.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *sim.Cluster
 	c       client.Client
 	procs   []*orchestratorProc
@@ -109,91 +109,11 @@ func (e *env) create(objs ...client.Object) {
 	}
 }
 
-// seed installs the seed topology the way an operator sets it up by hand: workers
-// labelled with the stable revision, istiod and a ztunnel DaemonSet per revision
-// (shaped like Istio's charts render them), and a workload namespace per revision.
+// seed installs the seed topology (package seed) and waits until the stable
+// workloads run.
 func (e *env) seed() {
-	ctx := context.Background()
-	for _, n := range e.workers() {
-		e.patchNode(n, map[string]any{"metadata": map[string]any{"labels": map[string]any{revKey: fromRev}}})
-	}
-	e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: istioNS}})
-	for _, rev := range []string{fromRev, toRev} {
-		sa := "ztunnel"
-		if rev == toRev {
-			sa = "ztunnel-" + rev
-		}
-		e.create(&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: sa}})
-		e.create(istiod(rev), ztunnelDaemonSet(rev, sa))
-	}
-	for _, rev := range []string{fromRev, toRev} {
-		ns := "bookinfo-" + rev
-		e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}})
-		for _, app := range []string{"productpage", "reviews"} {
-			e.create(deployment(ns, app, 2))
-		}
-	}
-	// Wait until the seed is settled: a Ready from ztunnel on every worker, istiod
-	// Available, the stable workloads Available.
-	e.eventually("the seed topology to settle", time.Minute, func() (bool, string) {
-		ztunnels := e.ztunnelRevisions()
-		for _, n := range e.workers() {
-			if got := ztunnels[n]; len(got) != 1 || got[0] != fromRev {
-				return false, fmt.Sprintf("ztunnels on %s: %v", n, got)
-			}
-		}
-		for _, rev := range []string{fromRev, toRev} {
-			var d appsv1.Deployment
-			if err := e.c.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod-" + rev}, &d); err != nil || d.Status.AvailableReplicas < 1 {
-				return false, "istiod-" + rev + " not available"
-			}
-		}
-		return true, ""
-	})
-}
-
-func istiod(rev string) *appsv1.Deployment {
-	d := deployment(istioNS, "istiod-"+rev, 1)
-	d.Labels = map[string]string{"app": "istiod", revKey: rev}
-	d.Spec.Template.Spec.Containers[0].Name = "discovery"
-	d.Spec.Template.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "CA_TRUSTED_NODE_ACCOUNTS", Value: "istio-system/ztunnel,istio-system/ztunnel-" + toRev}}
-	return d
-}
-
-func ztunnelDaemonSet(rev, sa string) *appsv1.DaemonSet {
-	labels := map[string]string{"app": "ztunnel"}
-	return &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-" + rev, Namespace: istioNS, Annotations: map[string]string{revKey: rev}},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{
-				MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
-			}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{revKey: rev}},
-				Spec: corev1.PodSpec{
-					ServiceAccountName: sa,
-					NodeSelector:       map[string]string{"kubernetes.io/os": "linux", revKey: rev},
-					Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}, {Operator: corev1.TolerationOpExists, Key: "CriticalAddonsOnly"}},
-					Containers:         []corev1.Container{{Name: "istio-proxy", Image: "istio/ztunnel:" + rev}},
-				},
-			},
-		},
-	}
-}
-
-func deployment(ns, name string, replicas int32) *appsv1.Deployment {
-	labels := map[string]string{"app": name}
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(replicas),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: name, Image: "example/" + name}}},
-			},
-		},
+	if err := seed.Install(context.Background(), e.c, e.workers(), fromRev, toRev); err != nil {
+		e.t.Fatal(err)
 	}
 }
 
@@ -316,6 +236,13 @@ func (p *orchestratorProc) kill() {
 	p.killed = true
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
+}
+
+// output returns what the process logged so far.
+func (p *orchestratorProc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
 }
 
 // crashed reports whether the process exited without being killed by the test.
@@ -503,7 +430,7 @@ func (w *watcher) check(strategy ztv1.NodeStrategy, store cache.Store, workers [
 	}
 }
 
-func (w *watcher) assert(t *testing.T, bound time.Duration) {
+func (w *watcher) assert(t testing.TB, bound time.Duration) {
 	t.Helper()
 	w.mu.Lock()
 	defer w.mu.Unlock()

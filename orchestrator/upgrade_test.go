@@ -9,13 +9,16 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/orchestrator"
 )
 
 // seedSteps is the seed flow's node waves: one node, half, all.
@@ -317,4 +320,39 @@ func TestKilledOrchestratorResumesInEveryStage(t *testing.T) {
 			w.assert(t, 30*time.Second)
 		})
 	}
+}
+
+func TestLeaderElectionHandsOverWhenTheLeaderIsKilled(t *testing.T) {
+	e := newEnv(t)
+	election := []string{"--leader-elect=true", "--leader-election-namespace=default", "--lease-duration=4s"}
+	leader := e.startOrchestrator(election...)
+	var lease string
+	e.eventually("the first replica to take the Lease", 30*time.Second, func() (bool, string) {
+		var l coordinationv1.Lease
+		if err := e.c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: orchestrator.LeaderElectionID}, &l); err != nil {
+			return false, err.Error()
+		}
+		lease = ptr.Deref(l.Spec.HolderIdentity, "")
+		return lease != "", "no holder"
+	})
+	standby := e.startOrchestrator(election...)
+	steps := seedSteps()
+	steps[0].Pause = &ztv1.Pause{}
+	e.create(seedUpgrade("ha", ztv1.NodeStrategyDrain, steps...))
+	e.waitPhase("ha", time.Minute, ztv1.PhasePaused)
+	if strings.Contains(standby.output(), "node moved") {
+		t.Fatal("the standby replica acted while the leader held the Lease")
+	}
+	leader.kill()
+	killed := time.Now()
+	e.annotate("ha", ztv1.AnnotationPromote, "0")
+	u := e.waitPhase("ha", 2*time.Minute, ztv1.PhaseSucceeded, ztv1.PhaseRolledBack)
+	if u.Status.Phase != ztv1.PhaseSucceeded {
+		t.Fatalf("phase %s: %s", u.Status.Phase, u.Status.Message)
+	}
+	e.assertUpgraded(u)
+	if !strings.Contains(standby.output(), "node moved") {
+		t.Error("the standby never took over")
+	}
+	t.Logf("standby finished the upgrade %s after the leader was killed (lease 4s)", time.Since(killed).Round(100*time.Millisecond))
 }
