@@ -105,16 +105,17 @@ static __always_inline struct zt_owner *owner_of(const struct sock *sk, __u16 po
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-
+	// Most transitions of a connection are none of these: leave before touching the socket.
 	int listen = newstate == TCP_LISTEN && oldstate != TCP_LISTEN;
 	int unlisten = oldstate == TCP_LISTEN && newstate == TCP_CLOSE;
 	int accepted = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
 	if (!listen && !unlisten && !accepted)
+		return 0;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
 	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
