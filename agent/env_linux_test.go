@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(ztunnelMain())
 	}
+	if os.Getenv(privCheckEnv) != "" {
+		os.Exit(privCheckMain())
+	}
 	os.Exit(m.Run())
 }
 
@@ -276,6 +279,15 @@ func (c *cgroupTree) podCgroup(t testing.TB, uid string) string {
 		t.Fatalf("create pod cgroup: %v", err)
 	}
 	return p
+}
+
+// dupFile duplicates a netns handle into an *os.File to hand to a child process.
+func dupFile(ns netns.NsHandle) (*os.File, error) {
+	fd, err := unix.Dup(int(ns))
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "netns"), nil
 }
 
 // ztunnel is a running stand-in ztunnel process.
