@@ -518,6 +518,7 @@ func (r *Reconciler) setStage(u *ztv1.RevisionUpgrade, stage string) {
 		return
 	}
 	u.Status.StepStage = stage
+	u.Status.Message = fmt.Sprintf("step %d: %s", u.Status.CurrentStep, stage)
 	r.Recorder.Eventf(u, eventNormal, "Stage", "step %d: %s", u.Status.CurrentStep, stage)
 	now := metav1.NewTime(r.Clock.Now())
 	u.Status.StepStartedAt = &now

@@ -85,7 +85,7 @@ func run(ctx context.Context, bin string, n int) error {
 	}
 	printNodes(ctx, c, workers)
 
-	logPath := filepath.Join(cl.Dir, "orchestrator.log")
+	logPath := filepath.Join(os.TempDir(), "ztcanary-demo-orchestrator.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err

@@ -136,7 +136,7 @@ func EnsureBinaries(ctx context.Context, progress io.Writer) (*Binaries, error) 
 		}
 		paths[c.name] = out
 	}
-	stages := filepath.Join(cache, "kwok-stages-"+KwokVersion+".yaml")
+	stages := filepath.Join(cache, "kwok-config-"+KwokVersion+"-"+kwokConfigRevision+".yaml")
 	if _, err := os.Stat(stages); err != nil {
 		if err := writeKwokStages(ctx, filepath.Join(root, "kind", "tools", "kwok"), stages); err != nil {
 			return nil, err
@@ -225,6 +225,20 @@ func moduleDir(ctx context.Context, dir, module string) (string, error) {
 	return info.Dir, nil
 }
 
+// kwokOptions raises kwok's parallelism (4 by default) so thousands of pods go Running
+// in seconds, not minutes; bump kwokConfigRevision when changing it (it names the
+// cached file).
+const (
+	kwokConfigRevision = "2"
+	kwokOptions        = `apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  podPlayStageParallelism: 32
+  nodePlayStageParallelism: 16
+  nodeLeaseParallelism: 16
+  podsOnNodeSyncParallelism: 8`
+)
+
 // kwokStageDirs are kwok's stage sets the simulated cluster uses: nodes become Ready
 // at once and keep heartbeating, pods become Ready at once and go away when deleted.
 var kwokStageDirs = []string{"kustomize/stage/node/fast", "kustomize/stage/node/heartbeat", "kustomize/stage/pod/fast"}
@@ -234,7 +248,7 @@ func writeKwokStages(ctx context.Context, toolDir, out string) error {
 	if err != nil {
 		return err
 	}
-	var docs []string
+	docs := []string{kwokOptions}
 	for _, sd := range kwokStageDirs {
 		files, err := filepath.Glob(filepath.Join(dir, sd, "*.yaml"))
 		if err != nil {
@@ -251,7 +265,7 @@ func writeKwokStages(ctx context.Context, toolDir, out string) error {
 			docs = append(docs, strings.TrimSpace(string(b)))
 		}
 	}
-	if len(docs) == 0 {
+	if len(docs) == 1 {
 		return fmt.Errorf("no kwok stages found in %s", dir)
 	}
 	tmp := out + ".tmp"

@@ -238,7 +238,7 @@ leaderElection:
 	}
 	if err := c.run(bins.Kwok, "kwok", opts.Detach,
 		"--kubeconfig="+c.Kubeconfig, "--config="+bins.KwokStages,
-		"--manage-all-nodes=true",
+		"--manage-all-nodes=true", "--v=WARN",
 		fmt.Sprintf("--server-address=127.0.0.1:%d", kwokPort),
 		"--cidr=10.244.0.0/16", "--node-ip=10.89.0.1",
 	); err != nil {

@@ -28,6 +28,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
@@ -90,24 +91,11 @@ func labelNode(t *testing.T, c kubernetes.Interface, node, key string, value *st
 	})
 }
 
-// ztunnelLike is a DaemonSet shaped like Istio's ztunnel chart renders it for one
-// revision: selected on app=ztunnel, pinned by nodeSelector, tolerating every taint.
+// ztunnelLike is a ztunnel DaemonSet of the seed topology, in the test's namespace.
 func ztunnelLike(ns, rev string) *appsv1.DaemonSet {
-	labels := map[string]string{"app": "ztunnel"}
-	return &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-" + rev, Namespace: ns, Annotations: map[string]string{revLabel: rev}},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{revLabel: rev}},
-				Spec: corev1.PodSpec{
-					NodeSelector: map[string]string{"kubernetes.io/os": "linux", revLabel: rev},
-					Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-					Containers:   []corev1.Container{{Name: "istio-proxy", Image: "istio/ztunnel:" + rev}},
-				},
-			},
-		},
-	}
+	ds := seed.Ztunnel(rev, "default")
+	ds.Namespace = ns
+	return ds
 }
 
 // podNodes returns the nodes of the Running, Ready pods of a DaemonSet.
