@@ -140,7 +140,13 @@ func (r *HTTPRouteRouter) Restore(ctx context.Context, snap Snapshot) error {
 	if err := json.Unmarshal(snap.Value, &rules); err != nil {
 		return fmt.Errorf("read snapshot of httproute %s/%s: %w", r.Namespace, r.Name, err)
 	}
-	return r.update(ctx, func(*gatewayv1.HTTPRoute) ([]gatewayv1.HTTPRouteRule, error) { return rules, nil })
+	return r.update(ctx, func(route *gatewayv1.HTTPRoute) ([]gatewayv1.HTTPRouteRule, error) {
+		out, exact := restoreRules(r.Namespace, route.Spec.Rules, rules, r.Stable, r.Canary)
+		if !exact {
+			r.logger().Info("route changed by others since the snapshot: undoing only ztcanary's fields")
+		}
+		return out, nil
+	})
 }
 
 // Promote leaves a clean route once the upgrade completed: the rules that send to the

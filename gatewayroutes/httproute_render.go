@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -213,4 +214,96 @@ func containsHeader(hs []gatewayv1.HTTPHeaderMatch, h gatewayv1.HTTPHeaderMatch)
 		}
 	}
 	return false
+}
+
+// restoreRules returns the rules that undo ztcanary's changes. When nobody else
+// changed the route since the snapshot (the rules equal once ztcanary's fields are
+// stripped from both), that is the snapshot itself, exactly. Otherwise the others'
+// changes are kept and only ztcanary's fields are put back: its rules removed, the
+// stable and canary backendRefs of the stable rules as the snapshot had them.
+func restoreRules(routeNS string, current, snap []gatewayv1.HTTPRouteRule, stable, canary Backend) ([]gatewayv1.HTTPRouteRule, bool) {
+	if equality.Semantic.DeepEqual(stripOwned(routeNS, current, stable, canary), stripOwned(routeNS, snap, stable, canary)) {
+		return snap, true
+	}
+	// The snapshot's stable and canary refs, from its first rule to stable.
+	var stableW *int32
+	var canaryRef *gatewayv1.HTTPBackendRef
+	for _, r := range snap {
+		found := false
+		for _, ref := range r.BackendRefs {
+			if refersTo(ref.BackendObjectReference, routeNS, stable) {
+				stableW, found = ref.Weight, true
+			}
+		}
+		if !found {
+			continue
+		}
+		for _, ref := range r.BackendRefs {
+			if refersTo(ref.BackendObjectReference, routeNS, canary) {
+				canaryRef = ref.DeepCopy()
+			}
+		}
+		break
+	}
+	var out []gatewayv1.HTTPRouteRule
+	for _, r := range current {
+		if isZtcanaryRule(r) {
+			continue
+		}
+		r = *r.DeepCopy()
+		var refs []gatewayv1.HTTPBackendRef
+		toStable := false
+		for _, ref := range r.BackendRefs {
+			switch {
+			case refersTo(ref.BackendObjectReference, routeNS, stable):
+				ref.Weight = stableW
+				toStable = true
+				refs = append(refs, ref)
+			case refersTo(ref.BackendObjectReference, routeNS, canary):
+			default:
+				refs = append(refs, ref)
+			}
+		}
+		if toStable {
+			if canaryRef != nil {
+				refs = append(refs, *canaryRef)
+			}
+			r.BackendRefs = refs
+		}
+		out = append(out, r)
+	}
+	return out, false
+}
+
+// stripOwned removes what ztcanary owns from rules: its test rules, the canary refs
+// of the stable rules and the stable refs' weights.
+func stripOwned(routeNS string, rules []gatewayv1.HTTPRouteRule, stable, canary Backend) []gatewayv1.HTTPRouteRule {
+	var out []gatewayv1.HTTPRouteRule
+	for _, r := range rules {
+		if isZtcanaryRule(r) {
+			continue
+		}
+		r = *r.DeepCopy()
+		var refs []gatewayv1.HTTPBackendRef
+		toStable := false
+		for _, ref := range r.BackendRefs {
+			if refersTo(ref.BackendObjectReference, routeNS, stable) {
+				toStable = true
+				ref.Weight = nil
+			}
+			refs = append(refs, ref)
+		}
+		if toStable {
+			var kept []gatewayv1.HTTPBackendRef
+			for _, ref := range refs {
+				if !refersTo(ref.BackendObjectReference, routeNS, canary) {
+					kept = append(kept, ref)
+				}
+			}
+			refs = kept
+		}
+		r.BackendRefs = refs
+		out = append(out, r)
+	}
+	return out
 }
