@@ -381,3 +381,29 @@ func TestReadyFollowsParentStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestPromoteLeavesACleanRoute: a completed upgrade leaves the canary as the only
+// managed backend and no test rule; the unmanaged backend and other rules stay.
+func TestPromoteLeavesACleanRoute(t *testing.T) {
+	f := newFixture(t)
+	ctx := testContext(t)
+	before := f.route(t)
+	if err := f.router.SetRoutes(ctx, Split{Header: &Header{Name: "traffic", Value: "test"}, CanaryWeight: 50}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.router.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := f.route(t)
+	if len(after.Spec.Rules) != len(before.Spec.Rules) {
+		t.Fatalf("%d rules after promote, want %d", len(after.Spec.Rules), len(before.Spec.Rules))
+	}
+	got := mustJSON(t, after.Spec.Rules[0].BackendRefs)
+	want := `[{"group":"","kind":"Service","name":"mirror","port":9080,"weight":0},{"group":"","kind":"Service","name":"reviews-v2","port":9080,"weight":1}]`
+	if got != want {
+		t.Errorf("stable rule's backends after promote:\n%s\nwant\n%s", got, want)
+	}
+	if strings.Join(othersRules(t, after.Spec.Rules), "\n") != strings.Join(othersRules(t, before.Spec.Rules), "\n") {
+		t.Errorf("rules of others changed")
+	}
+}

@@ -131,10 +131,6 @@ func (r *VirtualServiceRouter) render(current []*networkingv1alpha3.HTTPRoute, s
 				toStable = true
 			case r.isCanary(d):
 				hasCanary = true
-			default:
-				if toStable || hasCanary {
-					continue
-				}
 			}
 		}
 		if !toStable {
@@ -167,9 +163,7 @@ func (r *VirtualServiceRouter) render(current []*networkingv1alpha3.HTTPRoute, s
 		}
 		out = append(out, hr)
 	}
-	if n == 0 && split.Header != nil || len(out) == 0 {
-		return nil, fmt.Errorf("%w: no route sends to subset %s of %s", ErrRoute, r.StableSubset, r.Host)
-	}
+	// parse refuses a result without a route to the stable subset.
 	if _, err := r.parse(out); err != nil {
 		return nil, err
 	}
