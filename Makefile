@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 45m
 SIM       := $(GO) run ./kind/sim/cmd/ztcanary-sim
 
 .DEFAULT_GOAL := help
-.PHONY: help build test sim-binaries generate verify lint sim-up sim-down demo bench
+.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench
 
 ## help: list the targets
 help:
@@ -23,8 +23,12 @@ build:
 sim-binaries:
 	@$(SIM) build
 
+## optional-binaries: build Traefik (end-to-end traffic tests, ~6 min cold) and hey (benchmark) once
+optional-binaries:
+	@$(SIM) build-optional
+
 ## test: run every test, the simulated-cluster and eBPF ones included (eBPF needs root)
-test: sim-binaries
+test: sim-binaries optional-binaries
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## generate: regenerate committed code (CRDs, deepcopy, bpf2go bindings)
@@ -54,5 +58,5 @@ demo: sim-binaries build
 	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator
 
 ## bench: run the benchmarks and print their figures
-bench: sim-binaries
+bench: sim-binaries optional-binaries
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

@@ -1,5 +1,5 @@
 // Command ztcanary-sim builds, starts and stops the simulated cluster from the
-// Makefile: `build` fills the binary cache, `up` leaves a cluster running in a folder
+// Makefile: `build` fills the binary cache (`build-optional` adds Traefik and hey), `up` leaves a cluster running in a folder
 // (default .sim) with its kubeconfig there, `down` stops it by PID and removes its data.
 package main
 
@@ -30,7 +30,7 @@ func run() error {
 	nodes := fs.Int("nodes", 3, "number of kwok nodes")
 	channel := fs.String("gateway-api-channel", "standard", "Gateway API CRDs: standard or experimental")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: ztcanary-sim build | up [-dir D] [-nodes N] | down [-dir D]")
+		fmt.Fprintln(fs.Output(), "usage: ztcanary-sim build | build-optional | up [-dir D] [-nodes N] | down [-dir D]")
 		fs.PrintDefaults()
 	}
 	if len(os.Args) < 2 {
@@ -46,6 +46,13 @@ func run() error {
 	switch cmd {
 	case "build":
 		_, err := sim.EnsureBinaries(ctx, os.Stderr)
+		return err
+	case "build-optional":
+		// Traefik (end-to-end traffic tests) and hey (the traffic tester's benchmark).
+		if _, err := sim.EnsureTraefik(ctx, os.Stderr); err != nil {
+			return err
+		}
+		_, err := sim.EnsureHey(ctx, os.Stderr)
 		return err
 	case "up":
 		abs, err := filepath.Abs(*dir)

@@ -1,0 +1,126 @@
+//go:build linux
+
+package simnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Start creates network namespace number index (1-250) of this test process, with
+// address 10.X.index.2 (X derived from the PID, so concurrent test processes do not
+// collide) behind a veth pair whose host side is 10.X.index.1, and serves handler on
+// port inside it. Everything is removed by t.Cleanup. Without root the test is
+// skipped, unless CI=true, where it fails.
+func Start(t testing.TB, index, port int, handler http.Handler) *Server {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("simnet needs root to create network namespaces")
+		}
+		t.Skip("simnet needs root to create network namespaces")
+	}
+	if index < 1 || index > 250 {
+		t.Fatalf("simnet: index %d outside 1-250", index)
+	}
+	pid := os.Getpid() % 100000
+	name := fmt.Sprintf("ztcanary-%d-%d", pid, index)
+	short := fmt.Sprintf("zc%05d%03d", pid, index) // interface names: at most 15 bytes
+	host, peer := short+"h", short+"n"
+	subnet := fmt.Sprintf("10.%d.%d", 100+pid%100, index)
+	s := &Server{NetNS: name, IP: subnet + ".2", Port: port}
+
+	t.Cleanup(func() {
+		if s.srv != nil {
+			_ = s.srv.Close()
+		}
+		// Deleting the namespace deletes the veth end inside it, and with it the pair.
+		_ = ip("netns", "del", name)
+		_ = ip("link", "del", host)
+	})
+	for _, args := range [][]string{
+		{"netns", "add", name},
+		{"link", "add", host, "type", "veth", "peer", "name", peer, "netns", name},
+		{"addr", "add", subnet + ".1/30", "dev", host},
+		{"link", "set", host, "up"},
+		{"-n", name, "addr", "add", subnet + ".2/30", "dev", peer},
+		{"-n", name, "link", "set", peer, "up"},
+		{"-n", name, "link", "set", "lo", "up"},
+	} {
+		if err := ip(args...); err != nil {
+			t.Fatalf("simnet: %v", err)
+		}
+	}
+	l, err := listenIn(name, net.JoinHostPort(s.IP, strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("simnet: %v", err)
+	}
+	s.srv = &http.Server{Handler: handler}
+	go func() { _ = s.srv.Serve(l) }()
+	return s
+}
+
+func ip(args ...string) error {
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// listenIn opens a TCP listener inside network namespace name. Only the calling
+// thread enters the namespace, and only while it creates the socket: a socket stays
+// in the namespace it was created in, so the server can run on any thread.
+func listenIn(name, addr string) (net.Listener, error) {
+	target, err := os.Open("/var/run/netns/" + name)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("enter netns %s: %w", name, err)}
+			return
+		}
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		l, lerr := lc.Listen(context.Background(), "tcp", addr)
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			// The thread is stuck in the namespace: keep it locked so it dies
+			// with this goroutine instead of serving other goroutines.
+			if l != nil {
+				l.Close()
+			}
+			done <- result{err: errors.Join(lerr, fmt.Errorf("leave netns %s: %w", name, err))}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{l: l, err: lerr}
+	}()
+	r := <-done
+	return r.l, r.err
+}

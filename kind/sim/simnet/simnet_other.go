@@ -1,0 +1,14 @@
+//go:build !linux
+
+package simnet
+
+import (
+	"net/http"
+	"testing"
+)
+
+// Start needs Linux network namespaces; elsewhere the test is skipped.
+func Start(t testing.TB, index, port int, handler http.Handler) *Server {
+	t.Skip("simnet needs Linux network namespaces")
+	return nil
+}
