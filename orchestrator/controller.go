@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -23,27 +24,29 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/gatewayroutes"
 )
 
 // Stages of a step, in order, recorded in status.stepStage.
 const (
-	StagePinning    = "Pinning"
-	StageMoving     = "MovingNodes"
-	StageVerifying  = "Verifying"
-	StageTraffic    = "ShiftingTraffic"
-	StageAnalysing  = "Analysing"
-	StagePausing    = "Pausing"
-	StageRollback   = "RestoringNodes"
-	StageUnpinning  = "RestoringPins"
-	StageEvicting   = "EvictingCanaryPods"
-	defaultRequeue  = 2 * time.Second
-	preflightRetry  = 30 * time.Second
-	defaultTimeout  = 10 * time.Minute
-	eventNormal     = corev1.EventTypeNormal
-	eventWarning    = corev1.EventTypeWarning
-	reasonRollback  = "RollingBack"
-	reasonPreflight = "PreflightFailed"
-	reasonInvalid   = "InvalidSpec"
+	StagePinning      = "Pinning"
+	StageMoving       = "MovingNodes"
+	StageVerifying    = "Verifying"
+	StageTraffic      = "ShiftingTraffic"
+	StageAnalysing    = "Analysing"
+	StagePausing      = "Pausing"
+	StageRestoreRoute = "RestoringRoute"
+	StageRollback     = "RestoringNodes"
+	StageUnpinning    = "RestoringPins"
+	StageEvicting     = "EvictingCanaryPods"
+	defaultRequeue    = 2 * time.Second
+	preflightRetry    = 30 * time.Second
+	defaultTimeout    = 10 * time.Minute
+	eventNormal       = corev1.EventTypeNormal
+	eventWarning      = corev1.EventTypeWarning
+	reasonRollback    = "RollingBack"
+	reasonPreflight   = "PreflightFailed"
+	reasonInvalid     = "InvalidSpec"
 )
 
 // Gate decides whether a wave may proceed. It is called once the step's nodes and
@@ -63,6 +66,8 @@ type Reconciler struct {
 	Clock    clock.PassiveClock
 	// Gates run after each step's traffic change (traffic analysis).
 	Gates []Gate
+	// Routes builds the Router of an upgrade's route; nil: routes are refused.
+	Routes RouterFactory
 	// MaxEvictions bounds evictions per node and pass (default 10).
 	MaxEvictions int
 }
@@ -183,10 +188,20 @@ func (r *Reconciler) start(ctx context.Context, log *zap.Logger, u *ztv1.Revisio
 		}
 		return ctrl.Result{}, err
 	}
+	origRoute, err := r.preflightRoute(ctx, u)
+	if err != nil {
+		var pf *preflightError
+		if errors.As(err, &pf) {
+			r.refuse(u, pf.reason, pf.Error())
+			return ctrl.Result{RequeueAfter: preflightRetry}, nil
+		}
+		return ctrl.Result{}, err
+	}
 	targets, err := r.pinTargets(ctx, u)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	u.Status.OriginalRoute = origRoute
 	u.Status.Nodes = scopeNodes(&u.Spec, scope)
 	u.Status.TotalNodes = int32(len(scope))
 	u.Status.OriginalPins = recordPins(u, targets)
@@ -233,6 +248,25 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 	}
 	i := int(u.Status.CurrentStep)
 	step := u.Spec.Steps[i]
+	// Someone else changed what ztcanary set on the route (a GitOps revert, a
+	// person): hold, say so, and never write over it.
+	drift, err := r.routeDrift(ctx, u)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if len(drift) > 0 {
+		r.setPhase(u, ztv1.PhasePaused)
+		msg := "the route changed under ztcanary: " + strings.Join(drift, "; ") + "; put back what ztcanary set, or abort the upgrade"
+		if setCondition(u, ztv1.ConditionPaused, metav1.ConditionTrue, "RouteDrift", msg) {
+			r.Recorder.Event(u, eventWarning, "RouteDrift", msg)
+		}
+		u.Status.Message = msg
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	if u.Status.Phase == ztv1.PhasePaused && metaCondition(u, ztv1.ConditionPaused) != nil && metaCondition(u, ztv1.ConditionPaused).Reason == "RouteDrift" {
+		r.setPhase(u, ztv1.PhaseProgressing)
+		setCondition(u, ztv1.ConditionPaused, metav1.ConditionFalse, "DriftResolved", "the route is again as ztcanary set it")
+	}
 	switch u.Status.StepStage {
 	case StagePinning:
 		if err := r.applyPins(ctx, u); err != nil {
@@ -268,7 +302,11 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		return ctrl.Result{}, nil
 
 	case StageTraffic:
-		if err := r.applyTraffic(ctx, u, step); err != nil {
+		if err := r.applyTraffic(ctx, u, i); err != nil {
+			if errors.Is(err, gatewayroutes.ErrBackend) && !r.timedOut(u) {
+				u.Status.Message = fmt.Sprintf("step %d: waiting to shift traffic: %v", i, err)
+				return ctrl.Result{RequeueAfter: defaultRequeue}, nil
+			}
 			r.startRollback(u, "TrafficFailed", fmt.Sprintf("step %d: %v", i, err))
 			return ctrl.Result{}, nil
 		}
@@ -276,6 +314,18 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		return ctrl.Result{}, nil
 
 	case StageAnalysing:
+		ready, msg, err := r.routeReady(ctx, u)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !ready {
+			if r.timedOut(u) {
+				r.startRollback(u, "RouteNotAccepted", fmt.Sprintf("step %d: the gateway did not accept the route within %s: %s", i, r.timeout(u), msg))
+				return ctrl.Result{}, nil
+			}
+			u.Status.Message = fmt.Sprintf("step %d: waiting for the gateway to accept the route: %s", i, msg)
+			return ctrl.Result{RequeueAfter: defaultRequeue}, nil
+		}
 		for _, g := range r.Gates {
 			done, msg, err := g.Check(ctx, u, i)
 			if err != nil {
@@ -291,7 +341,7 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		return ctrl.Result{}, nil
 
 	case StagePausing:
-		return r.pause(u, i, step)
+		return r.pause(ctx, u, i, step)
 	}
 	return ctrl.Result{}, fmt.Errorf("unknown stage %q", u.Status.StepStage)
 }
@@ -307,7 +357,7 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 	// stable workload is left Pending while it still serves traffic.
 	if want == len(u.Status.Nodes) && countCanary(u) < want && step.Traffic != nil && step.Traffic.Weight != nil &&
 		u.Status.TrafficWeight < *step.Traffic.Weight {
-		if err := r.applyTraffic(ctx, u, step); err != nil {
+		if err := r.applyTraffic(ctx, u, i); err != nil {
 			r.startRollback(u, "TrafficFailed", fmt.Sprintf("step %d: %v", i, err))
 		}
 		return ctrl.Result{}, nil
@@ -415,15 +465,6 @@ func joinComma(items []string) string {
 	return out
 }
 
-// applyTraffic records the step's canary weight. The route itself is changed by the
-// gatewayroutes Router once wired; until then only the status says what was asked.
-func (r *Reconciler) applyTraffic(_ context.Context, u *ztv1.RevisionUpgrade, step ztv1.Step) error {
-	if step.Traffic != nil && step.Traffic.Weight != nil {
-		u.Status.TrafficWeight = *step.Traffic.Weight
-	}
-	return nil
-}
-
 // verify checks a wave: the canary workloads are Ready and, with agent verification
 // Required, every canary node's NodeCapture shows the to ztunnel capturing every
 // ambient pod. A report that contradicts the plan fails the gate.
@@ -473,7 +514,7 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 
 // pause holds after a step: absent pause goes on at once, a duration waits, {} waits
 // for a promote of this step (annotation value = step index).
-func (r *Reconciler) pause(u *ztv1.RevisionUpgrade, i int, step ztv1.Step) (ctrl.Result, error) {
+func (r *Reconciler) pause(ctx context.Context, u *ztv1.RevisionUpgrade, i int, step ztv1.Step) (ctrl.Result, error) {
 	if step.Pause != nil {
 		if d := step.Pause.Duration; d != nil {
 			left := u.Status.StepStartedAt.Add(d.Duration).Sub(r.Clock.Now())
@@ -497,6 +538,9 @@ func (r *Reconciler) pause(u *ztv1.RevisionUpgrade, i int, step ztv1.Step) (ctrl
 		r.setStage(u, StageMoving)
 		u.Status.Message = fmt.Sprintf("step %d of %d", i+1, len(u.Spec.Steps))
 		return ctrl.Result{}, nil
+	}
+	if err := r.promoteRoute(ctx, u); err != nil {
+		return ctrl.Result{}, fmt.Errorf("clean up route: %w", err)
 	}
 	r.setPhase(u, ztv1.PhaseSucceeded)
 	r.setStage(u, "Done")

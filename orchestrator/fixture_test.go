@@ -17,6 +17,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -448,4 +449,20 @@ func (w *watcher) assert(t testing.TB, bound time.Duration) {
 		t.Errorf("a node ran two ztunnel revisions for %s, more than %s", w.maxTwo, bound)
 	}
 	t.Logf("invariant watcher: %d events, longest two-revision overlap %s", w.events, w.maxTwo.Round(time.Millisecond))
+}
+
+// loadGatewayCRDs reads the real Gateway API CRDs (standard channel plus the
+// experimental-only kinds) from the module cache.
+func loadGatewayCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	all, err := sim.LoadCRDs(context.Background(), "standard")
+	if err != nil {
+		return nil, err
+	}
+	var out []*apiextensionsv1.CustomResourceDefinition
+	for _, c := range all {
+		if strings.HasSuffix(c.Name, ".gateway.networking.k8s.io") || strings.HasSuffix(c.Name, ".gateway.networking.x-k8s.io") {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }

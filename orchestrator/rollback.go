@@ -24,7 +24,7 @@ func (r *Reconciler) startRollback(u *ztv1.RevisionUpgrade, reason, msg string) 
 		return
 	}
 	r.setPhase(u, ztv1.PhaseRollingBack)
-	r.setStage(u, StageRollback)
+	r.setStage(u, StageRestoreRoute)
 	setCondition(u, ztv1.ConditionProgressing, metav1.ConditionFalse, reason, msg)
 	setCondition(u, ztv1.ConditionRolledBack, metav1.ConditionFalse, reasonRollback, "rolling back: "+msg)
 	u.Status.Message = "rolling back: " + msg
@@ -37,8 +37,15 @@ func (r *Reconciler) startRollback(u *ztv1.RevisionUpgrade, reason, msg string) 
 // same strategy, then the pinning, then the canary pods left on restored nodes.
 func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {
 	switch u.Status.StepStage {
+	case StageRestoreRoute:
+		if err := r.restoreRoute(ctx, u); err != nil {
+			return ctrl.Result{}, fmt.Errorf("restore route: %w", err)
+		}
+		u.Status.TrafficWeight, u.Status.TrafficStep = 0, nil
+		r.setStage(u, StageRollback)
+		return ctrl.Result{}, nil
+
 	case StageRollback:
-		u.Status.TrafficWeight = 0
 		var moving []string
 		for _, n := range u.Status.Nodes {
 			if n.Phase != ztv1.NodeStable && n.Phase != ztv1.NodeRestored {

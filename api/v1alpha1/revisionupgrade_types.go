@@ -410,6 +410,10 @@ type RevisionUpgradeStatus struct {
 	// TrafficWeight is the canary backend's share of traffic now.
 	// +optional
 	TrafficWeight int32 `json:"trafficWeight"`
+	// TrafficStep is the index of the last step whose traffic was set on the route
+	// (absent: the route is untouched), so drift is judged against it.
+	// +optional
+	TrafficStep *int32 `json:"trafficStep,omitempty"`
 	// Nodes in scope, resolved when the upgrade started, in the order they move.
 	// +optional
 	Nodes []NodeStatus `json:"nodes,omitempty"`

@@ -403,6 +403,11 @@ func (in *RevisionUpgradeStatus) DeepCopyInto(out *RevisionUpgradeStatus) {
 		in, out := &in.StepStartedAt, &out.StepStartedAt
 		*out = (*in).DeepCopy()
 	}
+	if in.TrafficStep != nil {
+		in, out := &in.TrafficStep, &out.TrafficStep
+		*out = new(int32)
+		**out = **in
+	}
 	if in.Nodes != nil {
 		in, out := &in.Nodes, &out.Nodes
 		*out = make([]NodeStatus, len(*in))
