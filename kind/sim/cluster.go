@@ -213,6 +213,9 @@ func (c *Cluster) startControlPlane(ctx context.Context, bins *Binaries, opts Op
 		"--root-ca-file="+p.caCert, "--service-account-private-key-file="+p.saKey,
 		"--use-service-account-credentials=false", "--cluster-name=ztcanary-sim",
 		"--kube-api-qps=500", "--kube-api-burst=1000",
+		// kwok heartbeats lag on a busy machine with many nodes: do not mark nodes
+		// (and their pods) NotReady for that.
+		"--node-monitor-grace-period=5m",
 		"--concurrent-daemonset-syncs=10", "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
 	); err != nil {
 		return err
