@@ -180,15 +180,7 @@ func (r *Reconciler) start(ctx context.Context, log *zap.Logger, u *ztv1.Revisio
 		r.refuse(u, reasonInvalid, err.Error())
 		return ctrl.Result{RequeueAfter: preflightRetry}, nil
 	}
-	if err := r.preflight(ctx, u); err != nil {
-		var pf *preflightError
-		if errors.As(err, &pf) {
-			r.refuse(u, pf.reason, pf.Error())
-			return ctrl.Result{RequeueAfter: preflightRetry}, nil
-		}
-		return ctrl.Result{}, err
-	}
-	origRoute, err := r.preflightRoute(ctx, u)
+	origRoute, err := r.preflight(ctx, u)
 	if err != nil {
 		var pf *preflightError
 		if errors.As(err, &pf) {

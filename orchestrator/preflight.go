@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
@@ -35,8 +36,16 @@ const trustedAccountsEnv = "CA_TRUSTED_NODE_ACCOUNTS"
 
 // preflight checks, before anything moves, that the to revision can take over:
 // istiod-<to> is Ready, the to ztunnel DaemonSet exists with its own ServiceAccount
-// that istiod trusts, the from ztunnel exists, and the workload namespaces exist.
-func (r *Reconciler) preflight(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+// that istiod trusts, the from ztunnel exists, the workload namespaces exist, and
+// the route and its backends exist. It returns the route's snapshot for rollback.
+func (r *Reconciler) preflight(ctx context.Context, u *ztv1.RevisionUpgrade) (*runtime.RawExtension, error) {
+	if err := r.preflightRevision(ctx, u); err != nil {
+		return nil, err
+	}
+	return r.preflightRoute(ctx, u)
+}
+
+func (r *Reconciler) preflightRevision(ctx context.Context, u *ztv1.RevisionUpgrade) error {
 	ns := u.Spec.Ztunnel.Namespace
 	var istiod appsv1.Deployment
 	name := "istiod-" + u.Spec.To
