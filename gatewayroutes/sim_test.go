@@ -26,7 +26,8 @@ var cluster *sim.Cluster
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if testing.Short() {
+	// No cluster under -short, nor for benchmark-only runs (-run '^$').
+	if testing.Short() || flag.Lookup("test.run").Value.String() == "^$" {
 		os.Exit(m.Run())
 	}
 	simtest.Main(m, sim.Options{Nodes: 1}, &cluster)

@@ -1,14 +1,16 @@
 package traffictest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,8 +27,10 @@ var heyRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 // BenchmarkVersusHey measures the traffic tester's requests per second and hey's
 // (github.com/rakyll/hey, built from the module proxy through kind/tools/hey)
 // against the same loopback server, at the same request count and concurrency, one
-// after the other in each iteration, and prints both and their ratio. Both share the
-// machine's cores with the server, so the figures compare, not measure capacity.
+// after the other in each iteration, and prints both and their ratio. The server is
+// a process of its own (this test binary re-executed), so neither client shares a
+// process with it; both share the machine's cores with it, so the figures compare
+// the two clients, they do not measure capacity.
 func BenchmarkVersusHey(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -34,21 +38,17 @@ func BenchmarkVersusHey(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("x-version", "v1")
-		_, _ = w.Write([]byte("reviews v1\n"))
-	}))
-	defer srv.Close()
+	url := startServerProcess(ctx, b)
 	var ours, theirs float64
 	for i := 0; i < b.N; i++ {
-		r, err := Run(ctx, Config{URL: srv.URL, Requests: benchRequests, Concurrency: benchConcurrency, VersionHeader: "x-version", CanaryVersion: "v2"})
+		r, err := Run(ctx, Config{URL: url, Requests: benchRequests, Concurrency: benchConcurrency, VersionHeader: "x-version", CanaryVersion: "v2"})
 		if err != nil {
 			b.Fatal(err)
 		}
 		if r.Succeeded != benchRequests {
 			b.Fatalf("traffic tester: %d of %d succeeded: %v", r.Succeeded, benchRequests, r.Errors)
 		}
-		out, err := exec.CommandContext(ctx, hey, "-n", strconv.Itoa(benchRequests), "-c", strconv.Itoa(benchConcurrency), srv.URL).CombinedOutput()
+		out, err := exec.CommandContext(ctx, hey, "-n", strconv.Itoa(benchRequests), "-c", strconv.Itoa(benchConcurrency), url).CombinedOutput()
 		if err != nil {
 			b.Fatalf("hey: %v\n%s", err, out)
 		}
@@ -67,4 +67,51 @@ func BenchmarkVersusHey(b *testing.B) {
 	b.ReportMetric(ours, "tester-req/s")
 	b.ReportMetric(theirs, "hey-req/s")
 	b.ReportMetric(ours/theirs, "ratio")
+}
+
+// serverEnv makes the test binary the benchmark's HTTP server (see TestMain).
+const serverEnv = "ZTCANARY_BENCH_SERVER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(serverEnv) != "" {
+		serve()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// serve answers every request like a small backend and prints its URL on stdout.
+func serve() {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("http://%s\n", l.Addr())
+	_ = http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("x-version", "v1")
+		_, _ = w.Write([]byte("reviews v1\n"))
+	}))
+}
+
+// startServerProcess runs serve in a child process, stopped by PID when b ends.
+func startServerProcess(ctx context.Context, b *testing.B) string {
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), serverEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatalf("benchmark server: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
