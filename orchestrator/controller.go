@@ -383,6 +383,7 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 	}
 	assigned, done := 0, 0
 	var waiting []string
+	var drive []*ztv1.NodeStatus
 	for j := range u.Status.Nodes {
 		n := &u.Status.Nodes[j]
 		if n.Step < 0 || n.Step > int32(i) {
@@ -393,10 +394,14 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 			done++
 			continue
 		}
-		res, err := r.driveNode(ctx, u, w, n, u.Spec.To)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
+		drive = append(drive, n)
+	}
+	results, err := r.driveNodes(ctx, u, w, drive, func(*ztv1.NodeStatus) string { return u.Spec.To })
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	for k, n := range drive {
+		res := results[k]
 		if res.done {
 			n.Phase, n.Verified, n.CapturedBy = ztv1.NodeCanary, true, capturedBy(w, n.Name)
 			done++

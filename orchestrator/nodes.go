@@ -3,7 +3,9 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -171,6 +173,29 @@ func (r *Reconciler) driveNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *
 		return r.handoffNode(ctx, u, w, n, node, target)
 	}
 	return r.drainNode(ctx, u, w, n, node, target)
+}
+
+// nodeParallelism bounds how many nodes a pass drives at once: a wave of 100 nodes
+// costs one round of API latency, not a hundred.
+const nodeParallelism = 16
+
+// driveNodes drives each node one action towards target(node), in parallel. Each
+// goroutine touches only its own NodeStatus; the world is read-only.
+func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, nodes []*ztv1.NodeStatus, target func(*ztv1.NodeStatus) string) ([]nodeStep, error) {
+	results := make([]nodeStep, len(nodes))
+	errs := make([]error, len(nodes))
+	sem := make(chan struct{}, nodeParallelism)
+	var wg sync.WaitGroup
+	for k, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n))
+		}()
+	}
+	wg.Wait()
+	return results, errors.Join(errs...)
 }
 
 // drainNode: cordon, evict the node's ambient pods, relabel, wait until the target

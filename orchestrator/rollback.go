@@ -57,6 +57,7 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 			return ctrl.Result{}, err
 		}
 		var waiting []string
+		var drive []*ztv1.NodeStatus
 		for j := range u.Status.Nodes {
 			n := &u.Status.Nodes[j]
 			if n.Phase == ztv1.NodeStable || n.Phase == ztv1.NodeRestored {
@@ -66,10 +67,14 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 				n.Phase = ztv1.NodeRestored // gone from the cluster: nothing to restore
 				continue
 			}
-			res, err := r.driveNode(ctx, u, w, n, n.OriginalRevision)
-			if err != nil {
-				return ctrl.Result{}, err
-			}
+			drive = append(drive, n)
+		}
+		results, err := r.driveNodes(ctx, u, w, drive, func(n *ztv1.NodeStatus) string { return n.OriginalRevision })
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		for k, n := range drive {
+			res := results[k]
 			if res.done {
 				n.Phase, n.Verified = ztv1.NodeRestored, false
 				log.Info("node restored", zap.String("node", n.Name), zap.String("revision", n.OriginalRevision))

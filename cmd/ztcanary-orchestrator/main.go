@@ -27,6 +27,8 @@ func main() {
 	flag.BoolVar(&opts.LeaderElection, "leader-elect", true, "elect one active replica through a Lease")
 	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the pod's namespace)")
 	flag.DurationVar(&opts.LeaseDuration, "lease-duration", 15*time.Second, "how long a leader's Lease lasts without renewal")
+	qps := flag.Float64("kube-api-qps", 200, "requests per second to the API server (client-side limit)")
+	burst := flag.Int("kube-api-burst", 400, "burst of requests to the API server")
 	level := zap.LevelFlag("log-level", zapcore.InfoLevel, "minimum log level: debug, info, warn, error")
 	flag.Parse()
 
@@ -44,7 +46,7 @@ func main() {
 	if err != nil {
 		logger.Fatal("load kubeconfig", zap.Error(err))
 	}
-	cfg.QPS, cfg.Burst = 50, 100
+	cfg.QPS, cfg.Burst = float32(*qps), *burst
 	mgr, _, err := orchestrator.NewManager(cfg, logger, opts)
 	if err != nil {
 		logger.Fatal("set up", zap.Error(err))
