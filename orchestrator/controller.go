@@ -255,7 +255,7 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		u.Status.Message = msg
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
-	if u.Status.Phase == ztv1.PhasePaused && metaCondition(u, ztv1.ConditionPaused) != nil && metaCondition(u, ztv1.ConditionPaused).Reason == "RouteDrift" {
+	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.Phase == ztv1.PhasePaused && c != nil && c.Reason == "RouteDrift" {
 		r.setPhase(u, ztv1.PhaseProgressing)
 		setCondition(u, ztv1.ConditionPaused, metav1.ConditionFalse, "DriftResolved", "the route is again as ztcanary set it")
 	}
@@ -446,20 +446,9 @@ func capturedBy(w *world, node string) string {
 
 func summarize(items []string) string {
 	if len(items) > 3 {
-		return fmt.Sprintf("%s and %d more", joinComma(items[:3]), len(items)-3)
+		return fmt.Sprintf("%s and %d more", strings.Join(items[:3], "; "), len(items)-3)
 	}
-	return joinComma(items)
-}
-
-func joinComma(items []string) string {
-	out := ""
-	for i, s := range items {
-		if i > 0 {
-			out += "; "
-		}
-		out += s
-	}
-	return out
+	return strings.Join(items, "; ")
 }
 
 // verify checks a wave: the canary workloads are Ready and, with agent verification

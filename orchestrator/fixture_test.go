@@ -36,9 +36,9 @@ import (
 const (
 	fromRev   = "1-18-0"
 	toRev     = "1-18-1"
-	istioNS   = "istio-system"
-	revKey    = "istio.io/rev"
-	fromApps  = "bookinfo-" + fromRev // seed.AppNamespace
+	istioNS   = seed.IstioNamespace
+	revKey    = seed.RevisionKey
+	fromApps  = "bookinfo-" + fromRev // seed.AppNamespace(fromRev), as a constant
 	toApps    = "bookinfo-" + toRev
 	testNodes = 5 // the control plane and four workers; the workers are in scope
 )

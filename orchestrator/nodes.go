@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -275,35 +277,12 @@ func (r *Reconciler) captureAgrees(u *ztv1.RevisionUpgrade, w *world, node, targ
 	for _, p := range nc.Status.Pods {
 		switch {
 		case p.State == ztv1.CaptureSingle && p.CapturedBy == target:
-		case p.State == ztv1.CaptureBoth && containsRevision(p.CapturedBy, target):
+		case p.State == ztv1.CaptureBoth && slices.Contains(strings.Split(p.CapturedBy, ","), target):
 		default:
 			return false
 		}
 	}
 	return true
-}
-
-func containsRevision(list, rev string) bool {
-	for _, r := range splitComma(list) {
-		if r == rev {
-			return true
-		}
-	}
-	return false
-}
-
-func splitComma(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == ',' {
-			if i > start {
-				out = append(out, s[start:i])
-			}
-			start = i + 1
-		}
-	}
-	return out
 }
 
 func labelPatch(labels map[string]any) map[string]any {

@@ -3,9 +3,11 @@ package orchestrator
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -106,10 +108,10 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 			u.Status.Message = fmt.Sprintf("rolling back; evicting %d canary pods from restored nodes", len(pods))
 			return ctrl.Result{RequeueAfter: defaultRequeue}, r.evict(ctx, pods)
 		}
-		cond := metaCondition(u, ztv1.ConditionRolledBack)
+		cond := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionRolledBack)
 		why := "rolled back"
 		if cond != nil {
-			why = "rolled back: " + trimPrefix(cond.Message, "rolling back: ")
+			why = "rolled back: " + strings.TrimPrefix(cond.Message, "rolling back: ")
 		}
 		setCondition(u, ztv1.ConditionRolledBack, metav1.ConditionTrue, "RolledBack", why)
 		r.setPhase(u, ztv1.PhaseRolledBack)
@@ -146,20 +148,4 @@ func (r *Reconciler) canaryPodsOnRestoredNodes(ctx context.Context, u *ztv1.Revi
 		}
 	}
 	return out, nil
-}
-
-func metaCondition(u *ztv1.RevisionUpgrade, typ string) *metav1.Condition {
-	for i := range u.Status.Conditions {
-		if u.Status.Conditions[i].Type == typ {
-			return &u.Status.Conditions[i]
-		}
-	}
-	return nil
-}
-
-func trimPrefix(s, p string) string {
-	if len(s) >= len(p) && s[:len(p)] == p {
-		return s[len(p):]
-	}
-	return s
 }
