@@ -105,8 +105,8 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 		Recorder: mgr.GetEventRecorderFor("ztcanary-orchestrator"),
 		Log:      log.Named("orchestrator"),
 		Routes:   HTTPRouteRouters(kube, gw),
-		Gates:    []Gate{TrafficGate{}},
 	}
+	r.Gates = []Gate{TrafficGate{Recorder: r.Recorder}}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, nil, fmt.Errorf("set up reconciler: %w", err)
 	}

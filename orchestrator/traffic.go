@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -185,10 +189,26 @@ func (r *Reconciler) promoteRoute(ctx context.Context, u *ztv1.RevisionUpgrade) 
 // TrafficGate is the analysis gate: after a traffic step it sends the configured
 // requests and fails when the success rate is too low or the observed canary share
 // is inconsistent (binomial Wilson interval) with what the step set.
-type TrafficGate struct{}
+//
+// A gateway applies a route a moment after it reports the route accepted (Traefik
+// writes the status first), so a test that fails within Settle of the start of the
+// step's analysis is repeated rather than failed: a canary that stays broken still
+// fails once the settle time has passed.
+type TrafficGate struct {
+	// Recorder, when set, records the figures of each passed test as an Event.
+	Recorder record.EventRecorder
+	// Clock tells the time (default: the real clock).
+	Clock clock.PassiveClock
+	// Settle is how long a failing test is retried after the analysis started
+	// (default DefaultTrafficSettle).
+	Settle time.Duration
+}
+
+// DefaultTrafficSettle is the time a gateway gets to apply an accepted route.
+const DefaultTrafficSettle = 10 * time.Second
 
 // Check runs the traffic test of step i, if the step changed traffic.
-func (TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) (bool, string, error) {
+func (g TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) (bool, string, error) {
 	tt := u.Spec.Analysis.TrafficTest
 	t := u.Spec.Steps[i].Traffic
 	if tt == nil || t == nil {
@@ -210,13 +230,50 @@ func (TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) (b
 	if err != nil {
 		return false, "", fmt.Errorf("traffic test: %w", err)
 	}
-	if min := float64(tt.MinSuccessRate) / 100; res.SuccessRate < min {
-		return false, "", fmt.Errorf("traffic test: %.1f%% of %d requests succeeded, below %d%% (%s)", 100*res.SuccessRate, res.Requests, tt.MinSuccessRate, errorsSummary(res.Errors))
+	if failure := judgeTraffic(res, tt.MinSuccessRate, want); failure != "" {
+		if g.settling(u) {
+			return false, failure + "; repeating while the gateway applies the route", nil
+		}
+		return false, "", errors.New(failure)
 	}
-	if res.Consistent != nil && !*res.Consistent {
-		return false, "", fmt.Errorf("traffic test: canary share %.1f%% (interval %.1f-%.1f%%) is inconsistent with the %.0f%% set", 100*res.CanaryShare, 100*res.ShareInterval[0], 100*res.ShareInterval[1], 100*want)
+	if g.Recorder != nil {
+		g.Recorder.Eventf(u, eventNormal, "TrafficTestPassed", "step %d: %d requests%s, %.1f%% succeeded, canary share %.1f%% (interval %.1f-%.1f%%) consistent with %.0f%%",
+			i, res.Requests, withHeader(cfg), 100*res.SuccessRate, 100*res.CanaryShare, 100*res.ShareInterval[0], 100*res.ShareInterval[1], 100*want)
 	}
 	return true, "", nil
+}
+
+// judgeTraffic says why a test result fails the gate, or "" when it passes.
+func judgeTraffic(res *traffictest.Result, minSuccessRate int32, want float64) string {
+	if min := float64(minSuccessRate) / 100; res.SuccessRate < min {
+		return fmt.Sprintf("traffic test: %.1f%% of %d requests succeeded, below %d%% (%s)", 100*res.SuccessRate, res.Requests, minSuccessRate, errorsSummary(res.Errors))
+	}
+	if res.Consistent != nil && !*res.Consistent {
+		return fmt.Sprintf("traffic test: canary share %.1f%% (interval %.1f-%.1f%%) is inconsistent with the %.0f%% set", 100*res.CanaryShare, 100*res.ShareInterval[0], 100*res.ShareInterval[1], 100*want)
+	}
+	return ""
+}
+
+func withHeader(cfg traffictest.Config) string {
+	if cfg.HeaderName == "" {
+		return ""
+	}
+	return fmt.Sprintf(" with header %s=%s", cfg.HeaderName, cfg.HeaderValue)
+}
+
+// settling reports whether the step's analysis began less than Settle ago.
+func (g TrafficGate) settling(u *ztv1.RevisionUpgrade) bool {
+	if u.Status.StepStartedAt == nil {
+		return false
+	}
+	c, settle := g.Clock, g.Settle
+	if c == nil {
+		c = clock.RealClock{}
+	}
+	if settle == 0 {
+		settle = DefaultTrafficSettle
+	}
+	return c.Since(u.Status.StepStartedAt.Time) < settle
 }
 
 func errorsSummary(m map[string]int) string {
@@ -224,5 +281,6 @@ func errorsSummary(m map[string]int) string {
 	for k, v := range m {
 		parts = append(parts, fmt.Sprintf("%d× %s", v, k))
 	}
+	sort.Strings(parts)
 	return strings.Join(parts, ", ")
 }

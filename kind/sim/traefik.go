@@ -113,6 +113,9 @@ func (c *Cluster) StartTraefik(ctx context.Context, binary string) (*Traefik, er
 		"--entryPoints.traefik.address=127.0.0.1:"+strconv.Itoa(ping),
 		"--ping=true",
 		"--api.dashboard=false",
+		// No traffic leaves the machine: no release check, no usage statistics.
+		"--global.checkNewVersion=false",
+		"--global.sendAnonymousUsage=false",
 		"--log.level=INFO",
 	)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
