@@ -37,10 +37,16 @@ const trustedAccountsEnv = "CA_TRUSTED_NODE_ACCOUNTS"
 // preflight checks, before anything moves, that the to revision can take over:
 // istiod-<to> is Ready, the to ztunnel DaemonSet exists with its own ServiceAccount
 // that istiod trusts, the from ztunnel exists, the workload namespaces exist, and
-// the route and its backends exist. It returns the route's snapshot for rollback.
+// the route and its backends exist, and the traffic test can tell the canary. It
+// returns the route's snapshot for rollback.
 func (r *Reconciler) preflight(ctx context.Context, u *ztv1.RevisionUpgrade) (*runtime.RawExtension, error) {
 	if err := r.preflightRevision(ctx, u); err != nil {
 		return nil, err
+	}
+	if tt := u.Spec.Analysis.TrafficTest; tt != nil {
+		if _, err := trafficConfig(tt); err != nil {
+			return nil, err
+		}
 	}
 	return r.preflightRoute(ctx, u)
 }

@@ -420,7 +420,7 @@ func TestUpgradeThroughTraefik(t *testing.T) {
 }
 
 // TestFailingTrafficGateRollsBackThroughTraefik breaks the canary (it answers 500)
-// after the header step: the orchestrator's traffic gate at weight 10 must fail and
+// after the header step, whose gate recognised the canary by a body regex: the orchestrator's traffic gate at weight 10 must fail and
 // roll back on its own, after which users get only the stable version through
 // Traefik, and the route's rules and the nodes are exactly as before.
 func TestFailingTrafficGateRollsBackThroughTraefik(t *testing.T) {
@@ -428,7 +428,10 @@ func TestFailingTrafficGateRollsBackThroughTraefik(t *testing.T) {
 	shares := te.watchShares(t)
 	nodesBefore := te.snapshot()
 	te.startOrchestrator()
-	te.create(traefikUpgrade("broken", te.traefik.URL))
+	u := traefikUpgrade("broken", te.traefik.URL)
+	// This gate recognises the canary by its body.
+	u.Spec.Analysis.TrafficTest.CanaryHeader, u.Spec.Analysis.TrafficTest.CanaryBodyRegex = nil, `^reviews v2\b`
+	te.create(u)
 
 	te.waitStepPaused("broken", 0)
 	te.gateRan(0, true, 100)
@@ -437,7 +440,7 @@ func TestFailingTrafficGateRollsBackThroughTraefik(t *testing.T) {
 	te.canaryBroken.Store(true)
 	te.annotate("broken", ztv1.AnnotationPromote, "0")
 
-	u := te.waitPhase("broken", 3*time.Minute, ztv1.PhaseRolledBack, ztv1.PhaseSucceeded, ztv1.PhaseFailed)
+	u = te.waitPhase("broken", 3*time.Minute, ztv1.PhaseRolledBack, ztv1.PhaseSucceeded, ztv1.PhaseFailed)
 	if u.Status.Phase != ztv1.PhaseRolledBack {
 		t.Fatalf("phase %s, want RolledBack: %s", u.Status.Phase, u.Status.Message)
 	}

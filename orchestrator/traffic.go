@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -214,12 +215,9 @@ func (g TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) 
 	if tt == nil || t == nil {
 		return true, "", nil
 	}
-	if tt.CanaryHeader == nil {
-		return false, "", fmt.Errorf("spec.analysis.trafficTest: set canaryHeader (name and value of the response header a canary answer carries)")
-	}
-	cfg := traffictest.Config{
-		URL: tt.URL, Requests: int(tt.Requests), Concurrency: int(tt.Concurrency),
-		VersionHeader: tt.CanaryHeader.Name, CanaryVersion: tt.CanaryHeader.Value,
+	cfg, err := trafficConfig(tt)
+	if err != nil {
+		return false, "", err
 	}
 	want := float64(desiredSplit(u, i).CanaryWeight) / 100
 	if t.Header != nil {
@@ -241,6 +239,32 @@ func (g TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) 
 			i, res.Requests, withHeader(cfg), 100*res.SuccessRate, 100*res.CanaryShare, 100*res.ShareInterval[0], 100*res.ShareInterval[1], 100*want)
 	}
 	return true, "", nil
+}
+
+// canaryLabel is the version the gate gives answers recognised by the body regex.
+const canaryLabel = "canary"
+
+// trafficConfig is the tester's configuration for spec.analysis.trafficTest. It
+// refuses a test that cannot tell the canary (the schema already requires exactly
+// one of canaryHeader and canaryBodyRegex) or whose regex does not compile, naming
+// the field; preflight calls it so that the mistake is found before anything moves.
+func trafficConfig(tt *ztv1.TrafficTest) (traffictest.Config, error) {
+	cfg := traffictest.Config{URL: tt.URL, Requests: int(tt.Requests), Concurrency: int(tt.Concurrency)}
+	switch {
+	case tt.CanaryHeader != nil && tt.CanaryBodyRegex != "":
+		return cfg, refused(reasonInvalid, "spec.analysis.trafficTest: set only one of canaryHeader and canaryBodyRegex")
+	case tt.CanaryHeader != nil:
+		cfg.VersionHeader, cfg.CanaryVersion = tt.CanaryHeader.Name, tt.CanaryHeader.Value
+	case tt.CanaryBodyRegex != "":
+		re, err := regexp.Compile(tt.CanaryBodyRegex)
+		if err != nil {
+			return cfg, refused(reasonInvalid, "spec.analysis.trafficTest.canaryBodyRegex: %q is not a valid regular expression (Go RE2 syntax): %v", tt.CanaryBodyRegex, err)
+		}
+		cfg.CanaryRegex, cfg.CanaryVersion = re, canaryLabel
+	default:
+		return cfg, refused(reasonInvalid, "spec.analysis.trafficTest: set canaryHeader (the response header a canary answer carries) or canaryBodyRegex (a regular expression its body matches)")
+	}
+	return cfg, nil
 }
 
 // judgeTraffic says why a test result fails the gate, or "" when it passes.

@@ -246,6 +246,7 @@ type Analysis struct {
 }
 
 // TrafficTest describes the traffic gate.
+// +kubebuilder:validation:XValidation:rule="has(self.canaryHeader) != has(self.canaryBodyRegex)",message="spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex, to say how a canary answer is recognised"
 type TrafficTest struct {
 	// URL to send requests to (through the gateway).
 	// +kubebuilder:validation:MinLength=1
@@ -272,7 +273,11 @@ type TrafficTest struct {
 	// CanaryHeader recognises a canary response by a response header (name=value).
 	// +optional
 	CanaryHeader *HeaderMatch `json:"canaryHeader,omitempty"`
-	// CanaryBodyRegex recognises a canary response by its body.
+	// CanaryBodyRegex recognises a canary response by its body: a response whose
+	// body matches this regular expression (Go RE2 syntax, unanchored) is the
+	// canary's. The orchestrator refuses a pattern that does not compile.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
 	// +optional
 	CanaryBodyRegex string `json:"canaryBodyRegex,omitempty"`
 }

@@ -102,6 +102,12 @@ func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
 				Canary:         ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
 			}
 		}, "spec.route: set exactly one of httpRoute and virtualService"},
+		{"a traffic test that cannot tell the canary is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/"}
+		}, "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex, to say how a canary answer is recognised"},
+		{"a traffic test with both a canary header and a body regex is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/", CanaryHeader: &ztv1.HeaderMatch{Name: "x-version", Value: "v2"}, CanaryBodyRegex: "v2"}
+		}, "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex"},
 		{"an unknown node strategy is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = "Yolo" },
 			`spec.nodeStrategy: Unsupported value: "Yolo": supported values: "Drain", "Handoff"`},
 		{"a backend port out of range is refused", func(u *ztv1.RevisionUpgrade) {

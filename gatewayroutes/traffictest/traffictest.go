@@ -44,6 +44,10 @@ type Config struct {
 	// VersionRegex recognises the version in the body: its first group, or the whole
 	// match. Used when VersionHeader is empty or absent from a response.
 	VersionRegex *regexp.Regexp
+	// CanaryRegex, when set, recognises the canary by its body: a response whose
+	// body matches is counted as CanaryVersion; the others get their version from
+	// VersionHeader or VersionRegex, else Unknown.
+	CanaryRegex *regexp.Regexp
 	// CanaryVersion is the version that counts as canary.
 	CanaryVersion string
 	// ExpectedCanaryShare, when set, is the canary share (0-1) the route should give.
@@ -190,7 +194,7 @@ func (cfg *Config) one(req0 *http.Request, buf *bytes.Buffer) sample {
 	}
 	defer resp.Body.Close()
 	buf.Reset()
-	if cfg.VersionRegex != nil {
+	if cfg.VersionRegex != nil || cfg.CanaryRegex != nil {
 		_, err = buf.ReadFrom(resp.Body)
 	} else {
 		_, err = io.Copy(io.Discard, resp.Body)
@@ -206,6 +210,9 @@ func (cfg *Config) one(req0 *http.Request, buf *bytes.Buffer) sample {
 }
 
 func (cfg *Config) version(h http.Header, body []byte) string {
+	if cfg.CanaryRegex != nil && cfg.CanaryRegex.Match(body) {
+		return cfg.CanaryVersion
+	}
 	if cfg.VersionHeader != "" {
 		if v := h.Get(cfg.VersionHeader); v != "" {
 			return v

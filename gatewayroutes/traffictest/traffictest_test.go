@@ -45,6 +45,8 @@ func TestRun(t *testing.T) {
 	}{
 		{"version from a response header", Config{VersionHeader: "x-version", ExpectedCanaryShare: ptr.To(0.10)}, 980, 100, true},
 		{"version from a body regex", Config{VersionRegex: regexp.MustCompile(`version (v\d)`), ExpectedCanaryShare: ptr.To(0.10)}, 980, 100, true},
+		{"canary recognised by a body regex", Config{CanaryRegex: regexp.MustCompile(`version v2<`), ExpectedCanaryShare: ptr.To(0.10)}, 980, 100, true},
+		{"a body regex that matches no answer finds no canary", Config{CanaryRegex: regexp.MustCompile(`version v3`), ExpectedCanaryShare: ptr.To(0.10)}, 980, 0, false},
 		{"30% expected is refused by the same traffic", Config{VersionHeader: "x-version", ExpectedCanaryShare: ptr.To(0.30)}, 980, 100, false},
 		{"test header sends everything to the canary", Config{VersionHeader: "x-version", HeaderName: "traffic", HeaderValue: "test", ExpectedCanaryShare: ptr.To(1.0)}, 980, 980, true},
 	} {
@@ -62,13 +64,17 @@ func TestRun(t *testing.T) {
 			}
 			// Arrival order decides the version: every tenth request is v2, and no
 			// 503 (25 mod 50) falls on a tenth request, so exactly 100 are v2.
-			if got := r.Versions["v2"].Count; got != tc.wantCanary {
+			got := 0
+			if v, ok := r.Versions["v2"]; ok {
+				got = v.Count
+			}
+			if got != tc.wantCanary {
 				t.Errorf("canary count %d, want %d", got, tc.wantCanary)
 			}
 			if r.Consistent == nil || *r.Consistent != tc.wantConsistent {
 				t.Errorf("consistent %v, want %v (share %.3f, interval %v)", r.Consistent, tc.wantConsistent, r.CanaryShare, r.ShareInterval)
 			}
-			if r.Versions["v2"].Latencies.P50 <= 0 {
+			if v, ok := r.Versions["v2"]; ok && v.Latencies.P50 <= 0 {
 				t.Errorf("no latency recorded")
 			}
 		})
