@@ -82,6 +82,12 @@ func (r *HTTPRouteRouter) SetRoutes(ctx context.Context, split Split) error {
 	})
 }
 
+// Check reports, without writing, a backend Service that is missing or lacks the
+// port, and a cross-namespace backend that no ReferenceGrant permits.
+func (r *HTTPRouteRouter) Check(ctx context.Context) error {
+	return r.checkBackends(ctx, false)
+}
+
 // GetRoutes reads the split the route carries.
 func (r *HTTPRouteRouter) GetRoutes(ctx context.Context) (Split, error) {
 	route, err := r.get(ctx)

@@ -13,6 +13,10 @@ const FieldManager = "ztcanary"
 // method is idempotent: calling it again with the same input changes nothing, so a
 // restarted orchestrator can simply repeat its last step.
 type Router interface {
+	// Check reports, without writing, what keeps the route from being shifted at
+	// all: a missing backend Service or port, a missing ReferenceGrant or
+	// DestinationRule, a subset the DestinationRule does not define.
+	Check(ctx context.Context) error
 	// Snapshot captures what the router may change, for an exact Restore later.
 	Snapshot(ctx context.Context) (Snapshot, error)
 	// SetRoutes makes the route carry split. Invalid input is refused before any write.

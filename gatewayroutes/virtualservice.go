@@ -13,8 +13,11 @@ import (
 	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istioapplyv1 "istio.io/client-go/pkg/applyconfiguration/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 )
 
@@ -33,6 +36,11 @@ type VirtualServiceRouter struct {
 	Host string
 	// StableSubset and CanarySubset are the subset names.
 	StableSubset, CanarySubset string
+	// Kube and Service, when set, let SetRoutes refuse a share for a subset without
+	// a ready endpoint: Service is the Service behind Host, and a subset's
+	// endpoints are its pods that also carry the subset's labels.
+	Kube    kubernetes.Interface
+	Service Backend
 }
 
 var _ Router = (*VirtualServiceRouter)(nil)
@@ -67,11 +75,58 @@ func (r *VirtualServiceRouter) SetRoutes(ctx context.Context, split Split) error
 	if err := split.Validate(); err != nil {
 		return err
 	}
-	if err := r.checkSubsets(ctx); err != nil {
+	if err := r.checkCanary(ctx, split); err != nil {
 		return err
 	}
 	return r.update(ctx, func(vs *istionetworkingv1.VirtualService) ([]*networkingv1alpha3.HTTPRoute, error) {
 		return r.render(vs.Spec.Http, split)
+	})
+}
+
+// Check reports, without writing, what keeps the route from being shifted at all:
+// a missing Service, a missing DestinationRule, or a subset it does not define.
+func (r *VirtualServiceRouter) Check(ctx context.Context) error {
+	if r.Kube != nil && r.Service.Name != "" {
+		if err := checkService(ctx, r.Kube, "stable and canary", r.Service); err != nil {
+			return err
+		}
+	}
+	_, err := r.checkSubsets(ctx)
+	return err
+}
+
+// Promote leaves a clean VirtualService once the upgrade completed: the routes that
+// sent to the stable subset send to the canary subset alone, and the test routes
+// are gone.
+func (r *VirtualServiceRouter) Promote(ctx context.Context) error {
+	if err := r.checkCanary(ctx, Split{CanaryWeight: 100}); err != nil {
+		return err
+	}
+	return r.update(ctx, func(vs *istionetworkingv1.VirtualService) ([]*networkingv1alpha3.HTTPRoute, error) {
+		routes, err := r.render(vs.Spec.Http, Split{CanaryWeight: 100})
+		if err != nil {
+			return nil, err
+		}
+		for _, hr := range routes {
+			var kept []*networkingv1alpha3.HTTPRouteDestination
+			touched := false
+			for _, d := range hr.Route {
+				switch {
+				case r.isStable(d):
+					touched = true
+				case r.isCanary(d):
+					touched = true
+					d.Weight = 0 // a route's only destination gets all its traffic
+					kept = append(kept, d)
+				default:
+					kept = append(kept, d)
+				}
+			}
+			if touched {
+				hr.Route = kept
+			}
+		}
+		return routes, nil
 	})
 }
 
@@ -227,25 +282,97 @@ func (r *VirtualServiceRouter) parse(routes []*networkingv1alpha3.HTTPRoute) (Sp
 	return s, nil
 }
 
-// checkSubsets refuses a DestinationRule that is missing or lacks a subset.
-func (r *VirtualServiceRouter) checkSubsets(ctx context.Context) error {
-	dr, err := r.Istio.NetworkingV1().DestinationRules(r.Namespace).Get(ctx, r.DestinationRule, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("%w: destinationrule %s/%s not found", ErrBackend, r.Namespace, r.DestinationRule)
-	}
+// checkCanary refuses a split the subsets cannot carry: a missing DestinationRule
+// or subset, or a share for a canary subset without a ready endpoint.
+func (r *VirtualServiceRouter) checkCanary(ctx context.Context, split Split) error {
+	subsets, err := r.checkSubsets(ctx)
 	if err != nil {
-		return fmt.Errorf("get destinationrule %s/%s: %w", r.Namespace, r.DestinationRule, err)
+		return err
 	}
-	for _, want := range []string{r.StableSubset, r.CanarySubset} {
-		ok := false
-		for _, s := range dr.Spec.Subsets {
-			ok = ok || s.Name == want
-		}
-		if !ok {
-			return fmt.Errorf("%w: destinationrule %s/%s defines no subset %q", ErrBackend, r.Namespace, r.DestinationRule, want)
-		}
+	if split.CanaryWeight > 0 || split.Header != nil {
+		return r.checkSubsetReady(ctx, "canary", subsets[r.CanarySubset])
 	}
 	return nil
+}
+
+// checkSubsets refuses a DestinationRule that is missing or lacks a subset, and
+// returns the two subsets by name.
+func (r *VirtualServiceRouter) checkSubsets(ctx context.Context) (map[string]*networkingv1alpha3.Subset, error) {
+	dr, err := r.Istio.NetworkingV1().DestinationRules(r.Namespace).Get(ctx, r.DestinationRule, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: destinationrule %s/%s not found", ErrBackend, r.Namespace, r.DestinationRule)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get destinationrule %s/%s: %w", r.Namespace, r.DestinationRule, err)
+	}
+	out := map[string]*networkingv1alpha3.Subset{}
+	var names []string
+	for _, s := range dr.Spec.Subsets {
+		names = append(names, s.Name)
+		if s.Name == r.StableSubset || s.Name == r.CanarySubset {
+			out[s.Name] = s
+		}
+	}
+	for _, want := range []string{r.StableSubset, r.CanarySubset} {
+		if out[want] == nil {
+			return nil, fmt.Errorf("%w: destinationrule %s/%s defines no subset %q (it defines %s)", ErrBackend, r.Namespace, r.DestinationRule, want, quoteAll(names))
+		}
+	}
+	return out, nil
+}
+
+func quoteAll(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// checkSubsetReady holds invariant 3 for subsets: the subset must have a ready
+// endpoint, a ready pod selected by the Service that carries the subset's labels.
+// A Service without selector has no pods to tell subsets apart: any ready endpoint
+// of it counts.
+func (r *VirtualServiceRouter) checkSubsetReady(ctx context.Context, role string, subset *networkingv1alpha3.Subset) error {
+	if r.Kube == nil || r.Service.Name == "" {
+		return nil
+	}
+	svc, err := r.Kube.CoreV1().Services(r.Service.Namespace).Get(ctx, r.Service.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: service %s/%s not found", ErrBackend, r.Service.Namespace, r.Service.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("get service %s/%s: %w", r.Service.Namespace, r.Service.Name, err)
+	}
+	if len(svc.Spec.Selector) == 0 {
+		return checkReadyEndpoints(ctx, r.Kube, role, r.Service)
+	}
+	sel := labels.Merge(svc.Spec.Selector, subset.GetLabels()).String()
+	pods, err := r.Kube.CoreV1().Pods(r.Service.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return fmt.Errorf("list pods of subset %s: %w", subset.GetName(), err)
+	}
+	for i := range pods.Items {
+		if podReady(&pods.Items[i]) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s subset %q of service %s/%s has no ready endpoint (no ready pod labelled %s)", ErrBackend, role, subset.GetName(), r.Service.Namespace, r.Service.Name, sel)
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 func (r *VirtualServiceRouter) update(ctx context.Context, routes func(*istionetworkingv1.VirtualService) ([]*networkingv1alpha3.HTTPRoute, error)) error {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -100,11 +101,15 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 	if err != nil {
 		return nil, nil, err
 	}
+	istio, err := istioclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	r := &Reconciler{
 		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorderFor("ztcanary-orchestrator"),
 		Log:      log.Named("orchestrator"),
-		Routes:   HTTPRouteRouters(kube, gw),
+		Routes:   Routers(kube, gw, istio),
 	}
 	r.Gates = []Gate{TrafficGate{Recorder: r.Recorder}}
 	if err := r.SetupWithManager(mgr); err != nil {

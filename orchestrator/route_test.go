@@ -241,3 +241,38 @@ func mustJSONRules(t *testing.T, r *gatewayv1.HTTPRoute) []byte {
 	}
 	return b
 }
+
+// TestRouteWithoutReferenceGrantIsRefused: a canary Service in another namespace
+// without a ReferenceGrant is refused before anything moves, saying what to create.
+func TestRouteWithoutReferenceGrantIsRefused(t *testing.T) {
+	e, gw := routeEnv(t)
+	ctx := context.Background()
+	if err := gw.GatewayV1beta1().ReferenceGrants(toApps).Delete(ctx, "reviews-from-stable", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	route, err := gw.GatewayV1().HTTPRoutes(fromApps).Get(ctx, "reviews", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodesBefore := e.snapshot()
+	e.startOrchestrator()
+	e.create(routedUpgrade("no-grant"))
+	want := "spec.route: cross-namespace reference not permitted: httproutes in namespace " + fromApps + " may not send to service " + toApps + "/reviews: create a ReferenceGrant in " + toApps
+	e.eventually("the missing grant to be refused", time.Minute, func() (bool, string) {
+		c := meta.FindStatusCondition(e.upgrade("no-grant").Status.Conditions, ztv1.ConditionReady)
+		if c == nil {
+			return false, "no Ready condition"
+		}
+		return c.Status == metav1.ConditionFalse && c.Reason == "ReferenceNotPermitted" && strings.HasPrefix(c.Message, want), c.Reason + ": " + c.Message
+	})
+	after, err := gw.GatewayV1().HTTPRoutes(fromApps).Get(ctx, "reviews", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ResourceVersion != route.ResourceVersion {
+		t.Errorf("the route was written")
+	}
+	if d := nodesBefore.diff(e.snapshot()); len(d) > 0 {
+		t.Errorf("a refused upgrade changed the cluster:\n%s", strings.Join(d, "\n"))
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -27,18 +28,39 @@ import (
 // RouterFactory builds the Router of an upgrade's route.
 type RouterFactory func(u *ztv1.RevisionUpgrade) (gatewayroutes.Router, error)
 
-// HTTPRouteRouters returns a RouterFactory for Gateway API HTTPRoutes.
+// HTTPRouteRouters returns a RouterFactory for Gateway API HTTPRoutes only: it
+// refuses VirtualService routes.
 func HTTPRouteRouters(kube kubernetes.Interface, gw gatewayclient.Interface) RouterFactory {
+	return Routers(kube, gw, nil)
+}
+
+// Routers returns a RouterFactory for Gateway API HTTPRoutes and, with an Istio
+// client, Istio VirtualServices (weights between two DestinationRule subsets).
+func Routers(kube kubernetes.Interface, gw gatewayclient.Interface, istio istioclient.Interface) RouterFactory {
 	return func(u *ztv1.RevisionUpgrade) (gatewayroutes.Router, error) {
 		rs := u.Spec.Route
-		if rs.HTTPRoute == nil {
-			return nil, refused("RouteUnsupported", "spec.route.virtualService: the orchestrator shifts HTTPRoutes only for now; use spec.route.httpRoute")
+		switch {
+		case rs.HTTPRoute != nil:
+			return &gatewayroutes.HTTPRouteRouter{
+				Kube: kube, Gateway: gw,
+				Namespace: rs.HTTPRoute.Namespace, Name: rs.HTTPRoute.Name,
+				Stable: backend(rs.Stable), Canary: backend(rs.Canary),
+			}, nil
+		case rs.VirtualService != nil && istio != nil:
+			vs := rs.VirtualService
+			host := vs.Host
+			if host == "" {
+				host = rs.Stable.Name
+			}
+			return &gatewayroutes.VirtualServiceRouter{
+				Istio: istio, Kube: kube, Service: backend(rs.Stable),
+				Namespace: vs.Namespace, Name: vs.Name, DestinationRule: vs.DestinationRule, Host: host,
+				StableSubset: rs.Stable.Subset, CanarySubset: rs.Canary.Subset,
+			}, nil
+		case rs.VirtualService != nil:
+			return nil, refused("RouteUnsupported", "spec.route.virtualService: this orchestrator was started without an Istio client; use spec.route.httpRoute")
 		}
-		return &gatewayroutes.HTTPRouteRouter{
-			Kube: kube, Gateway: gw,
-			Namespace: rs.HTTPRoute.Namespace, Name: rs.HTTPRoute.Name,
-			Stable: backend(rs.Stable), Canary: backend(rs.Canary),
-		}, nil
+		return nil, refused(reasonInvalid, "spec.route: set httpRoute or virtualService")
 	}
 }
 
@@ -64,7 +86,8 @@ func desiredSplit(u *ztv1.RevisionUpgrade, i int) gatewayroutes.Split {
 	return s
 }
 
-// preflightRoute checks the route and both backend Services exist and snapshots
+// preflightRoute checks the route and both backend Services exist, that the
+// router can use them (ReferenceGrant; DestinationRule and subsets), and snapshots
 // what the router may change, for an exact restore.
 func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade) (*runtime.RawExtension, error) {
 	if u.Spec.Route == nil {
@@ -90,6 +113,15 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 	if err != nil {
 		if errors.Is(err, gatewayroutes.ErrRoute) {
 			return nil, refused("RouteMissing", "spec.route: %v", err)
+		}
+		return nil, err
+	}
+	if err := router.Check(ctx); err != nil {
+		switch {
+		case errors.Is(err, gatewayroutes.ErrReferenceNotPermitted):
+			return nil, refused("ReferenceNotPermitted", "spec.route: %v", err)
+		case errors.Is(err, gatewayroutes.ErrBackend):
+			return nil, refused("BackendUnusable", "spec.route: %v", err)
 		}
 		return nil, err
 	}

@@ -155,26 +155,55 @@ type ObjectRef struct {
 // BackendRef names a Service port that a route sends to.
 type BackendRef struct {
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
 	Namespace string `json:"namespace"`
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
 	Name string `json:"name"`
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	Port int32 `json:"port"`
 	// Subset is the DestinationRule subset, for a VirtualService route.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Subset string `json:"subset,omitempty"`
 }
 
+// VirtualServiceRef names an Istio VirtualService and the DestinationRule that
+// defines the subsets it shifts traffic between (spec.route.stable.subset and
+// spec.route.canary.subset, two subsets of one Service).
+type VirtualServiceRef struct {
+	// Namespace of the VirtualService and the DestinationRule.
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+	// Name of the VirtualService.
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// DestinationRule, in the same namespace, defines the stable and canary subsets.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	DestinationRule string `json:"destinationRule"`
+	// Host is the destination host the VirtualService's routes send to, exactly as
+	// written in them (default: the name of the stable Service).
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Host string `json:"host,omitempty"`
+}
+
 // RouteSpec is the route whose traffic moves from the stable to the canary backend.
 // +kubebuilder:validation:XValidation:rule="has(self.httpRoute) != has(self.virtualService)",message="spec.route: set exactly one of httpRoute and virtualService"
+// +kubebuilder:validation:XValidation:rule="!has(self.virtualService) || (has(self.stable.subset) && has(self.canary.subset) && self.stable.subset != self.canary.subset)",message="spec.route: a virtualService route shifts traffic between two DestinationRule subsets: set stable.subset and canary.subset, each a different subset"
+// +kubebuilder:validation:XValidation:rule="!has(self.virtualService) || (self.stable.__namespace__ == self.canary.__namespace__ && self.stable.name == self.canary.name)",message="spec.route: with virtualService, stable and canary are two subsets of one Service: give them the same namespace and name"
+// +kubebuilder:validation:XValidation:rule="!has(self.httpRoute) || (!has(self.stable.subset) && !has(self.canary.subset))",message="spec.route: subset is for virtualService routes; an httpRoute sends to whole Services, so remove stable.subset and canary.subset"
 type RouteSpec struct {
 	// HTTPRoute is a Gateway API HTTPRoute.
 	// +optional
 	HTTPRoute *ObjectRef `json:"httpRoute,omitempty"`
-	// VirtualService is an Istio VirtualService.
+	// VirtualService is an Istio VirtualService whose routes to the stable subset
+	// get the canary subset's weight.
 	// +optional
-	VirtualService *ObjectRef `json:"virtualService,omitempty"`
+	VirtualService *VirtualServiceRef `json:"virtualService,omitempty"`
 	// Stable is the backend serving the from revision's workloads.
 	Stable BackendRef `json:"stable"`
 	// Canary is the backend serving the to revision's workloads.

@@ -97,7 +97,7 @@ func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
 		{"a route naming both kinds is refused", func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = &ztv1.RouteSpec{
 				HTTPRoute:      &ztv1.ObjectRef{Namespace: "default", Name: "r"},
-				VirtualService: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
+				VirtualService: &ztv1.VirtualServiceRef{Namespace: "default", Name: "r", DestinationRule: "r"},
 				Stable:         ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
 				Canary:         ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
 			}
@@ -108,6 +108,29 @@ func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
 		{"a traffic test with both a canary header and a body regex is refused", func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/", CanaryHeader: &ztv1.HeaderMatch{Name: "x-version", Value: "v2"}, CanaryBodyRegex: "v2"}
 		}, "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex"},
+		{"a virtualService route without subsets is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.Canary.Subset = ""
+		}, "spec.route: a virtualService route shifts traffic between two DestinationRule subsets: set stable.subset and canary.subset, each a different subset"},
+		{"a virtualService route with the same subset twice is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.Canary.Subset = "v1"
+		}, "set stable.subset and canary.subset, each a different subset"},
+		{"a virtualService route between two Services is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.Canary.Name = "reviews-canary"
+		}, "spec.route: with virtualService, stable and canary are two subsets of one Service: give them the same namespace and name"},
+		{"a virtualService route without a DestinationRule is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.VirtualService.DestinationRule = ""
+		}, "spec.route.virtualService.destinationRule in body should be at least 1 chars long"},
+		{"a subset on an httpRoute is refused", func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = &ztv1.RouteSpec{
+				HTTPRoute: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
+				Stable:    ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80, Subset: "v1"},
+				Canary:    ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
+			}
+		}, "spec.route: subset is for virtualService routes; an httpRoute sends to whole Services, so remove stable.subset and canary.subset"},
 		{"an unknown node strategy is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = "Yolo" },
 			`spec.nodeStrategy: Unsupported value: "Yolo": supported values: "Drain", "Handoff"`},
 		{"a backend port out of range is refused", func(u *ztv1.RevisionUpgrade) {
@@ -132,6 +155,43 @@ func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
 			}
 			if gerr := c.Get(context.Background(), client.ObjectKey{Name: "bad"}, &ztv1.RevisionUpgrade{}); !apierrors.IsNotFound(gerr) {
 				t.Errorf("refused object was stored (get: %v)", gerr)
+			}
+		})
+	}
+}
+
+// vsRoute is a valid VirtualService route: two subsets of the reviews Service.
+func vsRoute() *ztv1.RouteSpec {
+	return &ztv1.RouteSpec{
+		VirtualService: &ztv1.VirtualServiceRef{Namespace: "shop", Name: "reviews", DestinationRule: "reviews"},
+		Stable:         ztv1.BackendRef{Namespace: "shop", Name: "reviews", Port: 9080, Subset: "v1"},
+		Canary:         ztv1.BackendRef{Namespace: "shop", Name: "reviews", Port: 9080, Subset: "v2"},
+	}
+}
+
+func TestValidRoutesAreAccepted(t *testing.T) {
+	c := apiClient(t)
+	for _, tc := range []struct {
+		name  string
+		route *ztv1.RouteSpec
+		test  *ztv1.TrafficTest
+	}{
+		{"a virtualService route between two subsets of one Service", vsRoute(), &ztv1.TrafficTest{URL: "http://gateway/", CanaryBodyRegex: `reviews-v2`}},
+		{"an httpRoute between two Services", &ztv1.RouteSpec{
+			HTTPRoute: &ztv1.ObjectRef{Namespace: "a", Name: "r"},
+			Stable:    ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
+			Canary:    ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
+		}, &ztv1.TrafficTest{URL: "http://gateway/", CanaryHeader: &ztv1.HeaderMatch{Name: "x-version", Value: "v2"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := validUpgrade()
+			u.Name = "valid-route"
+			u.Spec.Route, u.Spec.Analysis.TrafficTest = tc.route, tc.test
+			if err := c.Create(context.Background(), u); err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			if err := c.Delete(context.Background(), u); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
