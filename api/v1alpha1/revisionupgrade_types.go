@@ -385,6 +385,10 @@ const (
 	ConditionRolledBack = "RolledBack"
 	// ConditionComplete is True when the upgrade succeeded.
 	ConditionComplete = "Complete"
+	// ConditionGateways (Sidecar mode) lists, when the upgrade starts, which
+	// gateways' proxies run which revision and whether they move with their
+	// namespace.
+	ConditionGateways = "Gateways"
 )
 
 // Annotations the CLI sets to steer an upgrade.
@@ -395,6 +399,10 @@ const (
 	AnnotationPause = "ztcanary.io/pause"
 	// AnnotationAbort, set to "true", rolls the upgrade back.
 	AnnotationAbort = "ztcanary.io/abort"
+	// AnnotationRestart is set by ztcanary on a workload's pod template (Sidecar
+	// mode) to restart it, like `kubectl rollout restart`; its value names the
+	// revision and the upgrade. Rollback writes back the value it had before.
+	AnnotationRestart = "ztcanary.io/restart"
 )
 
 // NodePhase is where one node is in its swap.
