@@ -22,7 +22,7 @@ import (
 func injectedPod(name, rev, restart string, containers string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}, Annotations: map[string]string{}}}
 	if rev != "" {
-		p.Labels[revisionKey] = rev
+		p.Annotations[revisionKey] = rev
 		p.Annotations[injectorStatusKey] = `{"initContainers":["istio-init"],` + containers + `,"volumes":["istio-envoy"],"revision":"` + rev + `"}`
 	}
 	if restart != "" {
@@ -45,11 +45,17 @@ func TestProxyRevision(t *testing.T) {
 			p.Annotations[injectorStatusKey] = `{"initContainers":["istio-validation","istio-proxy"],"containers":[],"revision":"1-18-1"}`
 			return p
 		}(), "1-18-1"},
-		{"status and revision label must agree", func() *corev1.Pod {
+		{"status and revision annotation must agree", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", sidecar)
-			p.Labels[revisionKey] = "1-18-0"
+			p.Annotations[revisionKey] = "1-18-0"
 			return p
 		}(), ""},
+		{"an older injector's revision label counts", func() *corev1.Pod {
+			p := injectedPod("a", "1-18-1", "", sidecar)
+			delete(p.Annotations, revisionKey)
+			p.Labels[revisionKey] = "1-18-1"
+			return p
+		}(), "1-18-1"},
 		{"a status without the proxy container is no proxy", injectedPod("a", "1-18-1", "", `"containers":["other"]`), ""},
 		{"a malformed status is no proxy", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", sidecar)

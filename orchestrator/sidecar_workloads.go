@@ -98,8 +98,9 @@ type injectorStatus struct {
 
 // proxyRevision returns the revision of the injector that gave the pod its proxy,
 // "" when the pod has no injected proxy. The status annotation and the istio.io/rev
-// label the injector sets must agree, and the proxy container must be among the
-// injected ones (as a container, or as a native sidecar init container).
+// the injector sets (an annotation in Istio's current injection template, a label in
+// older ones; revisionOf reads either) must agree, and the proxy container must be
+// among the injected ones (as a container, or as a native sidecar init container).
 func proxyRevision(p *corev1.Pod) string {
 	raw, ok := p.Annotations[injectorStatusKey]
 	if !ok {
@@ -112,7 +113,7 @@ func proxyRevision(p *corev1.Pod) string {
 	if !slices.Contains(st.Containers, proxyContainer) && !slices.Contains(st.InitContainers, proxyContainer) {
 		return ""
 	}
-	if p.Labels[revisionKey] != st.Revision {
+	if revisionOf(p) != st.Revision {
 		return ""
 	}
 	return st.Revision
@@ -124,7 +125,7 @@ func describeProxy(p *corev1.Pod) string {
 		return "the " + rev + " proxy"
 	}
 	if raw, ok := p.Annotations[injectorStatusKey]; ok {
-		return fmt.Sprintf("an injector status %s with label %s=%q", raw, revisionKey, p.Labels[revisionKey])
+		return fmt.Sprintf("an injector status %s with %s=%q", raw, revisionKey, revisionOf(p))
 	}
 	return "no injected proxy"
 }
