@@ -169,6 +169,9 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 		return nil, err
 	}
 	for _, n := range scope {
+		if n.Labels[injectionLabel] == "disabled" {
+			return nil, refused("InjectionDisabled", "namespace %s has %s=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector", n.Name, injectionLabel)
+		}
 		after := relabelled(n.Labels, u.Spec.To)
 		var mine, others []string
 		for _, h := range hooks {

@@ -90,6 +90,12 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 	for k := range n.Workloads {
 		recorded[n.Workloads[k].Kind+"/"+n.Workloads[k].Name] = &n.Workloads[k]
 	}
+	// Pods must leave the to proxy, unless the namespace's own labels chose the to
+	// revision before the upgrade (then only the templates go back).
+	avoid := u.Spec.To
+	if _, injected := n.OriginalLabels[injectionLabel]; !injected && n.OriginalLabels[revisionKey] == u.Spec.To {
+		avoid = ""
+	}
 	forward := restartValue(u, u.Spec.To)
 	back := restartValue(u, u.Spec.From)
 	limit := int(u.Spec.Sidecar.MaxConcurrentRestarts)
@@ -110,12 +116,12 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 		var target *string
 		if rec, ok := recorded[w.key()]; ok {
 			target = rec.Original
-		} else if sameValue(templateRestart(w.template), &forward) || sameValue(templateRestart(w.template), &back) || hasProxy(w, u.Spec.To) {
+		} else if sameValue(templateRestart(w.template), &forward) || sameValue(templateRestart(w.template), &back) || (avoid != "" && hasProxy(w, avoid)) {
 			target = &back
 		} else {
 			continue
 		}
-		state, msg := judgeBack(w, target, u.Spec.To)
+		state, msg := judgeBack(w, target, avoid)
 		switch state {
 		case restartDone:
 			continue

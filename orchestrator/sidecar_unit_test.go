@@ -120,6 +120,12 @@ func TestJudgeRestarts(t *testing.T) {
 			}
 		})
 	}
+	t.Run("back: a namespace whose own labels chose to keeps the to proxy", func(t *testing.T) {
+		w := withTemplate(nil, true, injectedPod("p1", to, "", sidecar))
+		if got, msg := judgeBack(w, nil, ""); got != restartDone {
+			t.Errorf("judgeBack = %d (%s), want done", got, msg)
+		}
+	})
 }
 
 func TestValidateSidecarPlan(t *testing.T) {
@@ -203,6 +209,7 @@ func TestPreflightSidecar(t *testing.T) {
 			namespace("shop", map[string]string{injectionLabel: "enabled"}),
 			namespace("cart", map[string]string{revisionKey: from}),
 			namespace("trap", map[string]string{revisionKey: from, injectionLabel: "enabled"}),
+			namespace("off", map[string]string{injectionLabel: "disabled"}),
 		}
 	}
 	without := func(objs []client.Object, name string) []client.Object {
@@ -238,6 +245,8 @@ func TestPreflightSidecar(t *testing.T) {
 			objs := without(base(), "istio-sidecar-injector-"+to)
 			return append(objs, chartInjector(to, "canary")) // selects istio.io/rev=canary only
 		}(), nil, "InjectorSelectorMismatch", "namespace cart, relabelled istio.io/rev=1-18-1 without istio-injection, would not be selected by any webhook of the 1-18-1 injector (istio-revision-tag-canary)", nil},
+		{"a namespace with injection disabled is refused", base(), &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "off"}}, "InjectionDisabled",
+			"namespace off has istio-injection=disabled", nil},
 		{"a second injector selecting the relabelled namespace is refused", func() []client.Object {
 			rogue := chartInjector("1-17-0", "")
 			rogue.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{revisionKey: to}}

@@ -260,14 +260,15 @@ func judgeForward(w *sidecarWorkload, target, rev string) (restartState, string)
 
 // judgeBack tells where a workload is in its return from rev: its template carries
 // target again (nil: the annotation removed), it rolled out, and no live pod has the
-// rev proxy.
+// rev proxy (rev "": the namespace's own labels choose rev, so only the template
+// counts).
 func judgeBack(w *sidecarWorkload, target *string, rev string) (restartState, string) {
 	if !sameValue(templateRestart(w.template), target) {
 		return restartNeeded, w.key() + ": not restarted back yet"
 	}
 	left := 0
 	for _, p := range w.pods {
-		if proxyRevision(p) == rev || !sameValue(podRestart(p), target) {
+		if (rev != "" && proxyRevision(p) == rev) || !sameValue(podRestart(p), target) {
 			left++
 		}
 	}
