@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/seed"
@@ -521,4 +522,69 @@ func (e *env) podNames() string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, " ")
+}
+
+// TestSidecarPodWithoutTheNewProxyRollsBack makes the to injector skip the pods of
+// one Deployment (neverInjectSelector in its real config, reloaded by istiod): its
+// restarted pod comes up without a sidecar, the gate fails, and the upgrade rolls
+// back to the exact labels with every pod on the from sidecar.
+func TestSidecarPodWithoutTheNewProxyRollsBack(t *testing.T) {
+	e := newSidecarEnv(t)
+	ctx := context.Background()
+	var cm corev1.ConfigMap
+	if err := e.c.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istio-sidecar-injector-" + toRev}, &cm); err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data["config"]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["neverInjectSelector"] = []any{map[string]any{"matchLabels": map[string]any{"app": "api"}}}
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["config"] = string(b)
+	if err := e.c.Update(ctx, &cm); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until istiod reloaded it: a dry-run pod of app=api in a namespace of the to
+	// revision goes through the real webhook and comes back without a sidecar.
+	probe := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "probe", Labels: map[string]string{revKey: toRev}}}
+	e.create(probe)
+	e.eventually("the to injector to skip app=api pods", time.Minute, func() (bool, string) {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "probe", Name: "api", Labels: map[string]string{"app": "api"}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "api", Image: "example/api"}}},
+		}
+		if err := e.c.Create(ctx, pod, client.DryRunAll); err != nil {
+			return false, err.Error()
+		}
+		return podProxy(pod) == "", "still injected: " + pod.Annotations[statusKey]
+	})
+	if err := e.c.Delete(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	before := e.sidecarSnapshot()
+	e.startOrchestrator()
+	e.create(sidecarUpgrade("skipped", nsStep(intstr.FromString("100%"), nil)))
+	u := e.waitPhase("skipped", 4*time.Minute, ztv1.PhaseRolledBack, ztv1.PhaseSucceeded, ztv1.PhaseFailed)
+	if u.Status.Phase != ztv1.PhaseRolledBack {
+		t.Fatalf("phase %s: %s", u.Status.Phase, u.Status.Message)
+	}
+	c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionProgressing)
+	if c == nil || c.Reason != "InjectionFailed" || !strings.Contains(c.Message, "namespace "+nsRevision+": Deployment/api: pod api-") ||
+		!strings.Contains(c.Message, "carries no injected proxy") {
+		t.Errorf("Progressing condition %+v, want InjectionFailed naming the api pod without a proxy", c)
+	}
+	if d := diffSnapshots(before, e.sidecarSnapshot()); len(d) > 0 {
+		t.Errorf("rollback left differences:\n%s", strings.Join(d, "\n"))
+	}
+	for ns, labels := range sidecarNamespaces {
+		want := fromRev
+		if ns == nsOutside {
+			want = ""
+		}
+		e.assertNamespaceOn(ns, want, labels)
+	}
 }
