@@ -235,22 +235,40 @@ func (r *Reconciler) driveNamespace(ctx context.Context, log *zap.Logger, u *ztv
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	target := restartValue(u, u.Spec.To)
-	limit := int(u.Spec.Sidecar.MaxConcurrentRestarts)
-	if limit < 1 {
-		limit = 2
+	waiting, failure, err := r.advanceRestarts(ctx, log, u, n, ws)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
+	if failure != "" {
+		r.startSidecarRollback(u, "InjectionFailed", "namespace "+n.Name+": "+failure)
+		return ctrl.Result{}, nil
+	}
+	if len(waiting) > 0 {
+		u.Status.Message = fmt.Sprintf("step %d: namespace %s: waiting for %s", i, n.Name, summarize(waiting))
+		return ctrl.Result{RequeueAfter: defaultRequeue}, nil
+	}
+	n.Phase, n.Verified = ztv1.NodeCanary, true
+	u.Status.CanaryNamespaces = countCanaryNamespaces(u)
+	r.Recorder.Eventf(u, eventNormal, "NamespaceMoved", "namespace %s: %d workloads restarted, every pod carries the %s proxy", n.Name, len(n.Workloads), u.Spec.To)
+	log.Info("namespace moved", zap.String("namespace", n.Name), zap.String("revision", u.Spec.To), zap.Int("step", i))
+	return ctrl.Result{}, nil
+}
+
+// advanceRestarts takes each workload of a namespace one action further towards the
+// to proxy: record a restart (at most maxConcurrentRestarts in flight), write it,
+// wait for its rollout, mark it done. It returns what is still awaited, or why the
+// gate failed (a new pod without the to proxy).
+func (r *Reconciler) advanceRestarts(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus, ws []*sidecarWorkload) (waiting []string, failure string, err error) {
+	target := restartValue(u, u.Spec.To)
+	limit := maxRestarts(u)
 	recorded := map[string]int{}
+	inFlight := 0
 	for k, rec := range n.Workloads {
 		recorded[rec.Kind+"/"+rec.Name] = k
-	}
-	inFlight := 0
-	for k := range n.Workloads {
-		if !n.Workloads[k].Done {
+		if !rec.Done {
 			inFlight++
 		}
 	}
-	var waiting []string
 	for _, w := range ws {
 		k, isRecorded := recorded[w.key()]
 		if !isRecorded {
@@ -275,16 +293,15 @@ func (r *Reconciler) driveNamespace(ctx context.Context, log *zap.Logger, u *ztv
 		switch state {
 		case restartNeeded:
 			if err := r.setRestart(ctx, w, &target); err != nil {
-				return ctrl.Result{}, err
+				return nil, "", err
 			}
 			log.Info("workload restarted", zap.String("namespace", n.Name), zap.String("workload", w.key()), zap.String("revision", u.Spec.To))
 			waiting = append(waiting, w.key()+": restarting")
 		case restartFailed:
-			r.startSidecarRollback(u, "InjectionFailed", "namespace "+n.Name+": "+msg)
-			return ctrl.Result{}, nil
+			return nil, msg, nil
 		case restartRolling:
 			if err := r.replaceOnDelete(ctx, w, &target); err != nil {
-				return ctrl.Result{}, err
+				return nil, "", err
 			}
 			waiting = append(waiting, msg)
 		case restartDone:
@@ -302,15 +319,15 @@ func (r *Reconciler) driveNamespace(ctx context.Context, log *zap.Logger, u *ztv
 			n.Workloads[k].Done = true
 		}
 	}
-	if len(waiting) > 0 {
-		u.Status.Message = fmt.Sprintf("step %d: namespace %s: waiting for %s", i, n.Name, summarize(waiting))
-		return ctrl.Result{RequeueAfter: defaultRequeue}, nil
+	return waiting, "", nil
+}
+
+// maxRestarts is the bound on workloads restarting at once in a namespace.
+func maxRestarts(u *ztv1.RevisionUpgrade) int {
+	if n := int(u.Spec.Sidecar.MaxConcurrentRestarts); n > 0 {
+		return n
 	}
-	n.Phase, n.Verified = ztv1.NodeCanary, true
-	u.Status.CanaryNamespaces = countCanaryNamespaces(u)
-	r.Recorder.Eventf(u, eventNormal, "NamespaceMoved", "namespace %s: %d workloads restarted, every pod carries the %s proxy", n.Name, len(n.Workloads), u.Spec.To)
-	log.Info("namespace moved", zap.String("namespace", n.Name), zap.String("revision", u.Spec.To), zap.Int("step", i))
-	return ctrl.Result{}, nil
+	return 2
 }
 
 // setNamespaceLabels sets (nil: removes) labels of a namespace, writing only when

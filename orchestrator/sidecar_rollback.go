@@ -98,10 +98,7 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 	}
 	forward := restartValue(u, u.Spec.To)
 	back := restartValue(u, u.Spec.From)
-	limit := int(u.Spec.Sidecar.MaxConcurrentRestarts)
-	if limit < 1 {
-		limit = 2
-	}
+	limit := maxRestarts(u)
 	type pending struct {
 		w      *sidecarWorkload
 		target *string
