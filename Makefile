@@ -23,7 +23,7 @@ build:
 sim-binaries:
 	@$(SIM) build
 
-## optional-binaries: build Traefik (end-to-end traffic tests, ~6 min cold) and hey (benchmark) once
+## optional-binaries: build Traefik (end-to-end traffic tests, ~6 min cold), istiod (sidecar-mode tests) and hey (benchmark) once
 optional-binaries:
 	@$(SIM) build-optional
 

@@ -147,6 +147,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {
+	if u.Spec.Mode == ztv1.ModeSidecar {
+		return r.reconcileSidecar(ctx, log, u) // namespace waves: sidecar.go
+	}
 	if u.Status.Phase == ztv1.PhaseRollingBack {
 		return r.rollback(ctx, log, u)
 	}

@@ -565,10 +565,3 @@ func (w *shareWatcher) assert(t *testing.T) {
 	}
 	t.Logf("share watcher: %d route versions, %d of them with a canary share", versions, shared)
 }
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}

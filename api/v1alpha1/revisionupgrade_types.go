@@ -20,6 +20,18 @@ const (
 	NodeStrategyHandoff NodeStrategy = "Handoff"
 )
 
+// Mode says what an upgrade moves from one revision to the other.
+// +kubebuilder:validation:Enum=Ambient;Sidecar
+type Mode string
+
+const (
+	// ModeAmbient moves nodes: each node's ztunnel, in node waves.
+	ModeAmbient Mode = "Ambient"
+	// ModeSidecar moves namespaces: each namespace's injection label, then its
+	// workloads are restarted so the injector gives their pods the new proxy.
+	ModeSidecar Mode = "Sidecar"
+)
+
 // AgentVerification says whether a wave needs the node agents' eBPF proof.
 // +kubebuilder:validation:Enum=Required;Optional;Disabled
 type AgentVerification string
@@ -38,7 +50,33 @@ const (
 // RevisionUpgradeSpec is the desired upgrade: which revision replaces which, on which
 // nodes, in which steps, with which traffic and gates.
 // +kubebuilder:validation:XValidation:rule="self.from != self.to",message="spec.to must differ from spec.from"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, has(s.namespaces))",message="spec.steps: every step of a Sidecar upgrade sets namespaces (a count or a percentage of the namespaces in scope)"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.nodes))",message="spec.steps: a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.traffic))",message="spec.steps: traffic is not supported in Sidecar mode (the workloads keep their Services; only their proxies change): remove it"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || self.steps.all(s, !has(s.namespaces))",message="spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || (!has(self.workloads) && !has(self.route) && !has(self.nodeSelector))",message="spec.workloads, spec.route and spec.nodeSelector are for mode Ambient; a Sidecar upgrade selects namespaces (spec.namespaceSelector) and restarts their workloads"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || !has(self.namespaceSelector)",message="spec.namespaceSelector is for mode Sidecar; an Ambient upgrade selects nodes (spec.nodeSelector)"
 type RevisionUpgradeSpec struct {
+	// Mode is what the upgrade moves: Ambient (nodes and their ztunnel) or Sidecar
+	// (namespaces, whose workloads are restarted with the new revision's sidecar).
+	// +kubebuilder:default=Ambient
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.mode cannot change once the upgrade exists; create a new RevisionUpgrade"
+	// +optional
+	Mode Mode `json:"mode,omitempty"`
+
+	// NamespaceSelector selects the namespaces of a Sidecar upgrade. Default: the
+	// namespaces whose pods the from revision's injection webhooks select today
+	// (istio.io/rev=from, and istio-injection=enabled when from owns the default
+	// injection). The scope is resolved once, when the upgrade starts, and kept in
+	// status.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+
+	// Sidecar tunes a Sidecar upgrade.
+	// +kubebuilder:default={}
+	// +optional
+	Sidecar SidecarSpec `json:"sidecar,omitempty"`
+
 	// From is the stable revision: the value of the node label (istio.io/rev) on the
 	// nodes before the upgrade.
 	// +kubebuilder:validation:MinLength=1
@@ -97,7 +135,8 @@ type RevisionUpgradeSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic) && has(s.traffic.weight)).map(s, s.traffic.weight).isSorted()",message="spec.steps: traffic weights must never decrease from one step to the next"
 	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic) && has(s.traffic.header)).size() <= 1",message="spec.steps: at most one step may set a header-test rule"
 	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.traffic)).map(s, has(s.traffic.header) ? 0 : 1).isSorted()",message="spec.steps: the header-test step must come before every weight step"
-	// +kubebuilder:validation:XValidation:rule="self.filter(s, type(s.nodes) == int).map(s, int(s.nodes)).isSorted()",message="spec.steps: node counts must never decrease from one step to the next"
+	// +kubebuilder:validation:XValidation:rule="self.map(s, !has(s.nodes) ? 0 : type(s.nodes) == int ? int(s.nodes) : -1).filter(n, n >= 0).isSorted()",message="spec.steps: node counts must never decrease from one step to the next"
+	// +kubebuilder:validation:XValidation:rule="self.filter(s, has(s.namespaces) && type(s.namespaces) == int).map(s, int(s.namespaces)).isSorted()",message="spec.steps: namespace counts must never decrease from one step to the next"
 	Steps []Step `json:"steps"`
 
 	// Analysis holds the gates run after each step.
@@ -113,6 +152,25 @@ type RevisionUpgradeSpec struct {
 	// +kubebuilder:default="10m"
 	// +optional
 	StepTimeout *metav1.Duration `json:"stepTimeout,omitempty"`
+}
+
+// SidecarSpec tunes a Sidecar upgrade.
+type SidecarSpec struct {
+	// IstiodNamespace is where the istiod Deployments (istiod-<revision>) and the
+	// injector's configuration live.
+	// +kubebuilder:default="istio-system"
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	IstiodNamespace string `json:"istiodNamespace,omitempty"`
+
+	// MaxConcurrentRestarts bounds how many workloads of a namespace restart at
+	// once; each one rolls out by its own strategy (maxSurge, maxUnavailable,
+	// partition).
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	MaxConcurrentRestarts int32 `json:"maxConcurrentRestarts,omitempty"`
 }
 
 // ZtunnelSpec locates the ztunnel DaemonSets (Istio's ztunnel chart: pods labelled
@@ -214,15 +272,28 @@ type RouteSpec struct {
 	CleanUpOnSuccess bool `json:"cleanUpOnSuccess,omitempty"`
 }
 
-// Step is one wave: nodes moved, traffic set, then an optional pause.
+// Step is one wave: nodes (or, in Sidecar mode, namespaces) moved, traffic set,
+// then an optional pause.
 type Step struct {
 	// Nodes is how many nodes of the scope run the to revision after this step: a
-	// count, or a percentage of the nodes in scope (rounded up).
+	// count, or a percentage of the nodes in scope (rounded up). Absent means 0
+	// (Ambient mode); a Sidecar upgrade sets namespaces instead.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=4
 	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
 	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
-	Nodes intstr.IntOrString `json:"nodes"`
+	// +optional
+	Nodes intstr.IntOrString `json:"nodes,omitzero"`
+	// Namespaces is how many namespaces of a Sidecar upgrade's scope run the to
+	// revision after this step: a count, or a percentage of the namespaces in
+	// scope (rounded up). Namespaces move one at a time, each verified before the
+	// next.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=4
+	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
+	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="namespaces must be a count of at least 0 or a percentage from 0% to 100%"
+	// +optional
+	Namespaces *intstr.IntOrString `json:"namespaces,omitempty"`
 	// Traffic is what the route does once the step's nodes are verified.
 	// +optional
 	Traffic *StepTraffic `json:"traffic,omitempty"`
@@ -348,6 +419,10 @@ const (
 	ConditionRolledBack = "RolledBack"
 	// ConditionComplete is True when the upgrade succeeded.
 	ConditionComplete = "Complete"
+	// ConditionGateways (Sidecar mode) lists, when the upgrade starts, which
+	// gateways' proxies run which revision and whether they move with their
+	// namespace.
+	ConditionGateways = "Gateways"
 )
 
 // Annotations the CLI sets to steer an upgrade.
@@ -358,6 +433,10 @@ const (
 	AnnotationPause = "ztcanary.io/pause"
 	// AnnotationAbort, set to "true", rolls the upgrade back.
 	AnnotationAbort = "ztcanary.io/abort"
+	// AnnotationRestart is set by ztcanary on a workload's pod template (Sidecar
+	// mode) to restart it, like `kubectl rollout restart`; its value names the
+	// revision and the upgrade. Rollback writes back the value it had before.
+	AnnotationRestart = "ztcanary.io/restart"
 )
 
 // NodePhase is where one node is in its swap.
@@ -417,6 +496,66 @@ type PinRecord struct {
 	Affinity string `json:"affinity,omitempty"`
 }
 
+// NamespaceStatus is one namespace of a Sidecar upgrade.
+type NamespaceStatus struct {
+	// Name of the namespace.
+	Name string `json:"name"`
+	// Step is the index of the step that moves this namespace, -1 while unplanned.
+	Step int32 `json:"step"`
+	// Phase of the namespace's move (Stable, Moving, Canary, Restored), as for
+	// nodes.
+	// +optional
+	Phase NodePhase `json:"phase,omitempty"`
+	// OriginalLabels are the namespace's injection labels (istio-injection,
+	// istio.io/rev) as they were just before ztcanary changed them; a key absent
+	// here was absent. Rollback writes them back exactly.
+	// +optional
+	OriginalLabels map[string]string `json:"originalLabels,omitempty"`
+	// Workloads are the workloads ztcanary restarted (or decided to restart), in
+	// order, with what their pod template's restart annotation was before.
+	// +optional
+	Workloads []RestartRecord `json:"workloads,omitempty"`
+	// Verified is true once every pod of the namespace's restarted workloads
+	// carried the to revision's proxy.
+	// +optional
+	Verified bool `json:"verified,omitempty"`
+}
+
+// RestartRecord is one workload restarted so its pods get another proxy.
+type RestartRecord struct {
+	// Kind is Deployment, StatefulSet or DaemonSet.
+	Kind string `json:"kind"`
+	// Name of the workload.
+	Name string `json:"name"`
+	// Original is the pod template's ztcanary.io/restart annotation before the
+	// upgrade; absent when it was unset. Rollback writes it back, which returns the
+	// template (and, for a Deployment, its ReplicaSet) to what it was.
+	// +optional
+	Original *string `json:"original,omitempty"`
+	// Done is true once the workload rolled out and all its pods carried the to
+	// revision's proxy.
+	// +optional
+	Done bool `json:"done,omitempty"`
+}
+
+// GatewayStatus is a gateway proxy workload and the revision its pods run.
+type GatewayStatus struct {
+	// Namespace of the gateway.
+	Namespace string `json:"namespace"`
+	// Name of its workload (Deployment, StatefulSet, DaemonSet; the pod if none).
+	Name string `json:"name"`
+	// Revisions its pods run (from the injector's status annotation, else the
+	// istio.io/rev label), comma-separated when they differ.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+	// Pods counts its running pods.
+	Pods int32 `json:"pods"`
+	// InScope is true when the gateway's namespace is in the upgrade's scope, so
+	// its pods will be restarted onto the to revision too.
+	// +optional
+	InScope bool `json:"inScope,omitempty"`
+}
+
 // RevisionUpgradeStatus tells where the upgrade is and why it waits.
 type RevisionUpgradeStatus struct {
 	// ObservedGeneration is the generation last acted on.
@@ -454,6 +593,21 @@ type RevisionUpgradeStatus struct {
 	// OriginalPins are the nodeSelector values before the upgrade.
 	// +optional
 	OriginalPins []PinRecord `json:"originalPins,omitempty"`
+	// Namespaces in scope of a Sidecar upgrade, resolved when it started, in the
+	// order they move.
+	// +optional
+	Namespaces []NamespaceStatus `json:"namespaces,omitempty"`
+	// CanaryNamespaces counts the namespaces in scope moved to the to revision and
+	// verified.
+	// +optional
+	CanaryNamespaces int32 `json:"canaryNamespaces,omitempty"`
+	// TotalNamespaces counts the namespaces in scope.
+	// +optional
+	TotalNamespaces int32 `json:"totalNamespaces,omitempty"`
+	// Gateways are the gateway proxies found when a Sidecar upgrade started, with
+	// the revision each runs.
+	// +optional
+	Gateways []GatewayStatus `json:"gateways,omitempty"`
 	// OriginalRoute is the route's spec before the upgrade.
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +optional
@@ -479,6 +633,8 @@ type RevisionUpgradeStatus struct {
 // +kubebuilder:printcolumn:name="Step",type=integer,JSONPath=`.status.currentStep`
 // +kubebuilder:printcolumn:name="Canary Nodes",type=integer,JSONPath=`.status.canaryNodes`
 // +kubebuilder:printcolumn:name="Weight",type=integer,JSONPath=`.status.trafficWeight`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`,priority=1
+// +kubebuilder:printcolumn:name="Canary Namespaces",type=integer,JSONPath=`.status.canaryNamespaces`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type RevisionUpgrade struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -165,7 +166,7 @@ func (c *Cluster) InstallCRDs(ctx context.Context, crds []*apiextensionsv1.Custo
 			return fmt.Errorf("install CRD %s: %w", crd.Name, err)
 		}
 	}
-	return c.poll(ctx, fmt.Sprintf("%d CRDs to be Established", len(crds)), time.Minute, func() (bool, error) {
+	if err := c.poll(ctx, fmt.Sprintf("%d CRDs to be Established", len(crds)), time.Minute, func() (bool, error) {
 		for _, crd := range crds {
 			cur, err := api.Get(ctx, crd.Name, metav1.GetOptions{})
 			if err != nil {
@@ -173,6 +174,30 @@ func (c *Cluster) InstallCRDs(ctx context.Context, crds []*apiextensionsv1.Custo
 			}
 			if !established(cur) {
 				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		return err
+	}
+	// Established does not mean discovery lists the kind yet: a client built right
+	// after this call would answer "no matches for kind". Wait for discovery too.
+	return c.poll(ctx, fmt.Sprintf("%d CRDs to be listed by discovery", len(crds)), time.Minute, func() (bool, error) {
+		for _, crd := range crds {
+			for _, v := range crd.Spec.Versions {
+				if !v.Served {
+					continue
+				}
+				res, err := client.Discovery().ServerResourcesForGroupVersion(crd.Spec.Group + "/" + v.Name)
+				if err != nil {
+					if apierrors.IsNotFound(err) {
+						return false, nil
+					}
+					return false, err
+				}
+				if !slices.ContainsFunc(res.APIResources, func(r metav1.APIResource) bool { return r.Name == crd.Spec.Names.Plural }) {
+					return false, nil
+				}
 			}
 		}
 		return true, nil

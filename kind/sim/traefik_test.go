@@ -20,6 +20,7 @@ func TestOptionalVersionsMatchTheToolModules(t *testing.T) {
 	for _, tc := range []struct{ file, want string }{
 		{"kind/tools/traefik/go.mod", "github.com/traefik/traefik/v3 " + sim.TraefikVersion},
 		{"kind/tools/hey/go.mod", "github.com/rakyll/hey " + sim.HeyVersion},
+		{"kind/tools/istiod/go.mod", "istio.io/istio " + sim.IstioVersion},
 	} {
 		b, err := os.ReadFile(filepath.Join(root, tc.file))
 		if err != nil {

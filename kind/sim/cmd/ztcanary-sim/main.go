@@ -1,5 +1,5 @@
 // Command ztcanary-sim builds, starts and stops the simulated cluster from the
-// Makefile: `build` fills the binary cache (`build-optional` adds Traefik and hey), `up` leaves a cluster running in a folder
+// Makefile: `build` fills the binary cache (`build-optional` adds Traefik, istiod and hey), `up` leaves a cluster running in a folder
 // (default .sim) with its kubeconfig there, `down` stops it by PID and removes its data.
 package main
 
@@ -48,8 +48,12 @@ func run() error {
 		_, err := sim.EnsureBinaries(ctx, os.Stderr)
 		return err
 	case "build-optional":
-		// Traefik (end-to-end traffic tests) and hey (the traffic tester's benchmark).
+		// Traefik (end-to-end traffic tests), istiod (the sidecar injector of the
+		// sidecar-mode tests) and hey (the traffic tester's benchmark).
 		if _, err := sim.EnsureTraefik(ctx, os.Stderr); err != nil {
+			return err
+		}
+		if _, err := sim.EnsureIstiod(ctx, os.Stderr); err != nil {
 			return err
 		}
 		_, err := sim.EnsureHey(ctx, os.Stderr)
