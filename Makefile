@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 45m
 SIM       := $(GO) run ./kind/sim/cmd/ztcanary-sim
 
 .DEFAULT_GOAL := help
-.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench
+.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench fuzz reliability
 
 ## help: list the targets
 help:
@@ -60,3 +60,20 @@ demo: sim-binaries build
 ## bench: run the benchmarks and print their figures
 bench: sim-binaries optional-binaries
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+FUZZTIME   ?= 60s
+CRASH_RUNS ?= 30
+FUZZ_TARGETS := ./api/v1alpha1:FuzzAdmission ./orchestrator:FuzzValidatePlan ./orchestrator:FuzzTargetNodes \
+	./agent:FuzzParseProcCgroup ./agent:FuzzPodUIDFromCgroupPath ./agent:FuzzBuildReportAndJudge
+
+## fuzz: run every fuzz target for FUZZTIME each (default 60s)
+fuzz: sim-binaries
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg || exit 1; done
+
+## reliability: the reliability campaign of docs/reliability.md (CRASH_RUNS killed upgrades, API faults, hand-over, fuzzing)
+reliability: sim-binaries
+	ZTCANARY_CRASH_RUNS=$(CRASH_RUNS) $(GO) test -count=1 -v -timeout 60m \
+	  -run 'TestCrashCampaign|TestUpgradesEndCorrectlyThroughAPIFaults|TestLeaderElectionHandsOverWhenTheLeaderIsKilled|TestKilledOrchestratorResumesInEveryStage' \
+	  ./orchestrator/
+	@$(MAKE) --no-print-directory fuzz

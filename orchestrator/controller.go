@@ -141,9 +141,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl
 		r.observe(before, u)
 	}
 	if err != nil {
-		log.Error("reconcile failed", zap.Error(err))
+		// Not logged here: controller-runtime logs it once and retries with backoff
+		// (a result beside an error would be ignored).
+		return ctrl.Result{}, err
 	}
-	return res, err
+	return res, nil
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {

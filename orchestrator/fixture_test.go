@@ -68,6 +68,9 @@ type env struct {
 	cluster *sim.Cluster
 	c       client.Client
 	procs   []*orchestratorProc
+	// kubeconfig is what orchestrators started by the test use (default: the
+	// cluster's admin kubeconfig); a test points it at a fault-injecting proxy.
+	kubeconfig string
 }
 
 func newEnv(t *testing.T) *env {
@@ -211,7 +214,11 @@ func (l lockedBuffer) Write(p []byte) (int, error) {
 func (e *env) startOrchestrator(extra ...string) *orchestratorProc {
 	e.t.Helper()
 	p := &orchestratorProc{logs: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
-	args := append([]string{"--kubeconfig=" + e.cluster.Kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0", "--leader-elect=false"}, extra...)
+	kubeconfig := e.cluster.Kubeconfig
+	if e.kubeconfig != "" {
+		kubeconfig = e.kubeconfig
+	}
+	args := append([]string{"--kubeconfig=" + kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0", "--leader-elect=false"}, extra...)
 	p.cmd = exec.Command(orchestratorBin, args...)
 	w := lockedBuffer{mu: p.mu, buf: p.logs}
 	p.cmd.Stdout, p.cmd.Stderr = w, w

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -143,9 +144,26 @@ func handoffAffinity(orig *corev1.NodeSelector, key, handoffKey, rev string) *co
 		{Key: key, Operator: corev1.NodeSelectorOpIn, Values: []string{rev}},
 		{Key: handoffKey, Operator: corev1.NodeSelectorOpIn, Values: []string{rev}},
 	}
-	base := []corev1.NodeSelectorTerm{{}}
-	if orig != nil && len(orig.NodeSelectorTerms) > 0 {
-		base = orig.NodeSelectorTerms
+	// Requirements on the two keys ztcanary pins with are its own, left by an earlier
+	// upgrade: drop them (and the duplicate terms that leaves) so each upgrade starts
+	// from the user's terms and the affinity does not double with every upgrade.
+	var base []corev1.NodeSelectorTerm
+	seen := map[string]bool{}
+	if orig != nil {
+		for _, term := range orig.NodeSelectorTerms {
+			t := *term.DeepCopy()
+			t.MatchExpressions = slices.DeleteFunc(t.MatchExpressions, func(r corev1.NodeSelectorRequirement) bool {
+				return r.Key == key || r.Key == handoffKey
+			})
+			id, _ := json.Marshal(t)
+			if !seen[string(id)] {
+				seen[string(id)] = true
+				base = append(base, t)
+			}
+		}
+	}
+	if len(base) == 0 {
+		base = []corev1.NodeSelectorTerm{{}}
 	}
 	out := &corev1.NodeSelector{}
 	for _, req := range ours {

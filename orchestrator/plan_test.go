@@ -149,6 +149,34 @@ func TestHandoffAffinityORsTheTransitionalLabelWithinExistingTerms(t *testing.T)
 	}
 }
 
+// The affinity an upgrade leaves on a ztunnel DaemonSet is the next upgrade's
+// original: pinning it again, for the same or another revision, must not multiply the
+// terms (found by the crash campaign: 2^n terms after n Handoff upgrades, until the
+// status recording them went over the apiserver's 3 MiB request limit).
+func TestHandoffAffinityDoesNotGrowFromUpgradeToUpgrade(t *testing.T) {
+	orig := &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+		{Key: "kubernetes.io/arch", Operator: corev1.NodeSelectorOpIn, Values: []string{"amd64"}},
+	}}}}
+	first := handoffAffinity(orig, "istio.io/rev", "ztcanary.io/handoff", "1-18-1")
+	got := first
+	for i, rev := range []string{"1-18-1", "1-18-0", "1-19-0", "1-18-1"} {
+		got = handoffAffinity(got, "istio.io/rev", "ztcanary.io/handoff", rev)
+		if len(got.NodeSelectorTerms) != 2 {
+			t.Fatalf("upgrade %d: %d terms, want 2", i+2, len(got.NodeSelectorTerms))
+		}
+		for _, term := range got.NodeSelectorTerms {
+			if len(term.MatchExpressions) != 2 || term.MatchExpressions[0].Key != "kubernetes.io/arch" || term.MatchExpressions[1].Values[0] != rev {
+				t.Fatalf("upgrade %d: term %+v, want arch AND one pin to %s", i+2, term.MatchExpressions, rev)
+			}
+		}
+	}
+	b1, _ := json.Marshal(first)
+	b2, _ := json.Marshal(got)
+	if string(b1) != string(b2) {
+		t.Errorf("pinning to 1-18-1 again gave\n%s\nnot\n%s", b2, b1)
+	}
+}
+
 func TestRestorePatchNullsWhatZtcanaryAdded(t *testing.T) {
 	u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{NodeLabel: "istio.io/rev"}}
 	cases := []struct {

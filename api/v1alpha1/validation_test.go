@@ -22,7 +22,7 @@ var cluster *sim.Cluster
 
 func TestMain(m *testing.M) { simtest.Main(m, sim.Options{Nodes: 1, SkipCRDs: true}, &cluster) }
 
-func apiClient(t *testing.T) client.Client {
+func apiClient(t testing.TB) client.Client {
 	t.Helper()
 	crds, err := sim.ReadCRDs(filepath.Join("..", "..", "deploy", "crds"))
 	if err != nil {
