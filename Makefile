@@ -7,19 +7,19 @@ TEST_TIMEOUT ?= 45m
 SIM       := $(GO) run ./kind/sim/cmd/ztcanary-sim
 
 .DEFAULT_GOAL := help
-.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench fuzz reliability
+.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench fuzz reliability images kind-e2e
 
 ## help: list the targets
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST) | awk -F': ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-## build: build every binary under cmd/ into bin/
+## build: build ztcanary, kubectl-ztcanary (the same CLI as a kubectl plugin) and the daemons into bin/
 build:
 	@mkdir -p bin
 	@if ls cmd/*/main.go >/dev/null 2>&1; then $(GO) build -o bin/ ./cmd/... && ls bin; \
 	else echo "build: no binaries under cmd/ yet"; fi
 
-## sim-binaries: build the simulated cluster's binaries once (cached by version)
+## sim-binaries: build the simulated cluster's binaries and istio-render (Istio's charts) once (cached by version)
 sim-binaries:
 	@$(SIM) build
 
@@ -39,11 +39,13 @@ generate:
 verify: generate
 	git diff --exit-code
 
-## lint: go vet, gofmt and bash -n
+## lint: go vet, gofmt, bash -n and shellcheck (when installed) on the scripts
 lint:
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@for s in $$(git ls-files '*.sh' .ci/run); do bash -n $$s || exit 1; done
+	@if command -v shellcheck >/dev/null; then shellcheck $$(git ls-files '*.sh' .ci/run); \
+	else echo "lint: shellcheck not installed (apt-get install shellcheck): skipped"; fi
 
 ## sim-up: start a simulated cluster of SIM_NODES nodes, kubeconfig in .sim/kubeconfig
 sim-up:
@@ -53,8 +55,8 @@ sim-up:
 sim-down:
 	@$(SIM) down -dir $(SIM_DIR)
 
-## demo: a full canary upgrade, then a failed one rolled back, on a simulated cluster
-demo: sim-binaries build
+## demo: a full canary upgrade with traffic through Traefik, then a failed one rolled back (root: real traffic)
+demo: sim-binaries optional-binaries build
 	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator
 
 ## bench: run the benchmarks and print their figures
@@ -77,3 +79,12 @@ reliability: sim-binaries
 	  -run 'TestCrashCampaign|TestUpgradesEndCorrectlyThroughAPIFaults|TestLeaderElectionHandsOverWhenTheLeaderIsKilled|TestKilledOrchestratorResumesInEveryStage' \
 	  ./orchestrator/
 	@$(MAKE) --no-print-directory fuzz
+
+## images: build the container images ztcanary/orchestrator:dev and ztcanary/agent:dev (Docker)
+images:
+	docker build -f deploy/Dockerfile --build-arg BINARY=ztcanary-orchestrator -t ztcanary/orchestrator:dev .
+	docker build -f deploy/Dockerfile --build-arg BINARY=ztcanary-agent -t ztcanary/agent:dev .
+
+## kind-e2e: the seed flow on a real kind cluster, done by ztcanary (Docker, kind, helm, internet)
+kind-e2e:
+	kind/e2e.sh

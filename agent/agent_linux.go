@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -63,6 +64,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent running", zap.Duration("poll", a.opts.PollInterval), zap.Duration("sync", a.opts.SyncInterval))
 	t := time.NewTicker(a.opts.PollInterval)
 	defer t.Stop()
+	defer a.resolver.Close()
 	for {
 		a.step(ctx)
 		select {
@@ -80,22 +82,33 @@ func (a *Agent) fail(stage string, err error) {
 
 func (a *Agent) step(ctx context.Context) {
 	now := time.Now()
+	synced := false
 	if a.pods == nil || now.Sub(a.lastSync) >= a.opts.SyncInterval {
 		if err := a.sync(ctx); err != nil {
 			return // logged by sync
 		}
-		a.lastSync = now
+		a.lastSync, synced = now, true
 	}
-	owners, err := a.probe.Snapshot()
-	if err != nil {
-		a.fail("maps", err)
+	st, ok := a.observe(now)
+	if !ok {
 		return
 	}
-	a.metrics.mapEntries.Set(float64(len(owners)))
-	rep := BuildReport(owners, a.attr.RevisionOf(), a.pods, a.probe.opts.Ports)
-	st := BuildStatus(a.view, rep, a.attr, now)
-	a.metrics.observe(st)
 	changed := a.last == nil || !sameStatus(*a.last, st)
+	// Judge the node against a fresh view before reporting a new fault: a pod deleted
+	// since the last sync has closed its listeners and would read as uncaptured. (Once
+	// per new fault: a lasting one costs no more API requests.)
+	newFault := a.last == nil || faultKey(*a.last) != faultKey(st)
+	if newFault && !synced && faultKey(st) != "" {
+		if err := a.sync(ctx); err != nil {
+			return
+		}
+		a.lastSync = now
+		if st, ok = a.observe(now); !ok {
+			return
+		}
+		changed = a.last == nil || !sameStatus(*a.last, st)
+	}
+	a.metrics.observe(st)
 	since := now.Sub(a.lastWrite)
 	if !(changed && since >= a.opts.MinWriteInterval) && since < a.opts.ResyncInterval {
 		return
@@ -109,6 +122,34 @@ func (a *Agent) step(ctx context.Context) {
 		a.log.Info("capture status written", zap.String("verdict", string(st.Verdict)), zap.String("message", st.Message))
 	}
 	a.last, a.lastWrite = &st, now
+}
+
+// observe reads the maps and builds the node's status from the last sync's view.
+func (a *Agent) observe(now time.Time) (ztv1.NodeCaptureStatus, bool) {
+	owners, err := a.probe.Snapshot()
+	if err != nil {
+		a.fail("maps", err)
+		return ztv1.NodeCaptureStatus{}, false
+	}
+	a.metrics.mapEntries.Set(float64(len(owners)))
+	rep := BuildReport(owners, a.attr.RevisionOf(), a.pods, a.probe.opts.Ports)
+	return BuildStatus(a.view, rep, a.attr, now), true
+}
+
+// faultKey names what a status finds wrong: a verdict against the node, or pods that
+// no ztunnel captures ("" when nothing).
+func faultKey(st ztv1.NodeCaptureStatus) string {
+	var b strings.Builder
+	switch st.Verdict {
+	case ztv1.VerdictMismatch, ztv1.VerdictNoZtunnel, ztv1.VerdictMultipleRevisions:
+		b.WriteString(string(st.Verdict) + ": " + st.Message)
+	}
+	for _, p := range st.Pods {
+		if p.State == ztv1.CaptureNone {
+			b.WriteString(" none: " + p.Namespace + "/" + p.Name)
+		}
+	}
+	return b.String()
 }
 
 // sync reads the API, the cgroup tree and the namespaces, scans new namespaces for

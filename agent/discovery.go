@@ -86,7 +86,9 @@ func Discover(ctx context.Context, c client.Client, o DiscoveryOptions) (NodeVie
 			v.Ztunnels = append(v.Ztunnels, ZtunnelPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Revision: rev})
 			continue
 		}
-		if !ambientNS[p.Namespace] || p.Spec.HostNetwork || p.Labels[LabelDataplaneMode] == "none" {
+		// A terminating pod is leaving: istio-cni removes it from ztunnel when its sandbox
+		// goes, before the API forgets it, so its listeners close while it is listed.
+		if !ambientNS[p.Namespace] || p.Spec.HostNetwork || p.Labels[LabelDataplaneMode] == "none" || p.DeletionTimestamp != nil {
 			continue
 		}
 		ap := AmbientPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}

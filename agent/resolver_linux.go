@@ -15,6 +15,12 @@ import (
 // NetnsResolver finds the network namespaces of pods by their IP addresses: it lists the
 // namespaces of the host (the CRI's bind mounts under /var/run/netns and, optionally, those
 // of running processes) and reads the addresses inside each new one, once.
+//
+// It tells namespaces apart by device and inode number, and holds each known one open
+// until it vanishes from the listing: the kernel gives a new namespace the inode number
+// of one just destroyed, so a pod replaced between two refreshes (its sandbox removed, a
+// new one created) would otherwise pass for the old namespace, with its cookie and
+// addresses. Held open, a destroyed pod's namespace lingers until the next Refresh.
 type NetnsResolver struct {
 	// Dirs hold bind-mounted network namespaces (containerd and CRI-O: /var/run/netns).
 	Dirs []string
@@ -32,10 +38,36 @@ type Netns struct {
 	Path   string
 	Cookie uint64
 	IPs    []string
+
+	handle netns.NsHandle // held while the resolver knows the namespace
 }
 
-// Open opens the namespace.
-func (n *Netns) Open() (netns.NsHandle, error) { return netns.GetFromPath(n.Path) }
+// Open opens the namespace (a new handle, which the caller closes).
+func (n *Netns) Open() (netns.NsHandle, error) {
+	if n.handle > 0 {
+		fd, err := unix.FcntlInt(uintptr(n.handle), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return netns.None(), fmt.Errorf("dup netns handle of %s: %w", n.Path, err)
+		}
+		return netns.NsHandle(fd), nil
+	}
+	return netns.GetFromPath(n.Path)
+}
+
+// Close releases the namespaces the resolver holds and forgets them.
+func (r *NetnsResolver) Close() {
+	for id, n := range r.known {
+		n.release()
+		delete(r.known, id)
+	}
+}
+
+func (n *Netns) release() {
+	if n.handle > 0 {
+		n.handle.Close()
+	}
+	n.handle = netns.None()
+}
 
 // Refresh lists the namespaces again: new ones are read, vanished ones forgotten. It
 // returns the namespaces seen for the first time.
@@ -77,8 +109,9 @@ func (r *NetnsResolver) Refresh() ([]*Netns, error) {
 			}
 		}
 	}
-	for id := range r.known {
+	for id, n := range r.known {
 		if _, ok := paths[id]; !ok {
+			n.release()
 			delete(r.known, id)
 		}
 	}
@@ -123,7 +156,12 @@ func readNetns(path string) (*Netns, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
-	defer ns.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			ns.Close()
+		}
+	}()
 	cookie, err := NetnsCookie(ns)
 	if err != nil {
 		return nil, err
@@ -137,12 +175,13 @@ func readNetns(path string) (*Netns, error) {
 	if err != nil {
 		return nil, fmt.Errorf("addresses in %s: %w", path, err)
 	}
-	n := &Netns{Path: path, Cookie: cookie}
+	n := &Netns{Path: path, Cookie: cookie, handle: ns}
 	for _, a := range addrs {
 		if a.IP.IsLoopback() || a.IP.IsLinkLocalUnicast() {
 			continue
 		}
 		n.IPs = append(n.IPs, a.IP.String())
 	}
+	keep = true
 	return n, nil
 }

@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,8 +18,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
@@ -40,6 +39,7 @@ const (
 	StageUnpinning    = "RestoringPins"
 	StageEvicting     = "EvictingCanaryPods"
 	defaultRequeue    = 2 * time.Second
+	driftPoll         = 5 * time.Second
 	preflightRetry    = 30 * time.Second
 	defaultTimeout    = 10 * time.Minute
 	eventNormal       = corev1.EventTypeNormal
@@ -70,6 +70,9 @@ type Reconciler struct {
 	Routes RouterFactory
 	// MaxEvictions bounds evictions per node and pass (default 10).
 	MaxEvictions int
+	// Coalesce is how long a change of a watched object may wait, merged with the
+	// changes that follow, before the upgrades are reconciled (default 500ms).
+	Coalesce time.Duration
 }
 
 // countWrite counts one write to the API server, for the API-cost figures.
@@ -77,30 +80,38 @@ func countWrite(kind string) { apiWrites.WithLabelValues(kind).Inc() }
 
 // SetupWithManager registers the reconciler: RevisionUpgrades, and every object whose
 // change can unblock an upgrade (nodes, pods, DaemonSets, Deployments, NodeCaptures),
-// mapped to all upgrades still in progress.
+// mapped to all upgrades still in progress. Only changes a pass reads wake it, and
+// those are coalesced (events.go).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	active := handler.EnqueueRequestsFromMapFunc(r.activeUpgrades)
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Pod{}, podNodeIndex, indexPodNode); err != nil {
+	active := r.coalescedUpgrades()
+	indexer := mgr.GetFieldIndexer()
+	if err := indexer.IndexField(context.Background(), &corev1.Pod{}, podNodeIndex, indexPodNode); err != nil {
 		return fmt.Errorf("index pods by node: %w", err)
+	}
+	if err := indexer.IndexField(context.Background(), &corev1.Pod{}, ztunnelNodeIndex, indexZtunnelNode); err != nil {
+		return fmt.Errorf("index ztunnel pods by node: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("revisionupgrade").
 		For(&ztv1.RevisionUpgrade{}).
-		Watches(&corev1.Node{}, active).
-		Watches(&corev1.Pod{}, active).
-		Watches(&appsv1.DaemonSet{}, active).
-		Watches(&appsv1.Deployment{}, active).
-		Watches(&appsv1.StatefulSet{}, active).
+		Watches(&corev1.Node{}, active, builder.WithPredicates(nodeEvents)).
+		Watches(&corev1.Pod{}, active, builder.WithPredicates(podEvents)).
+		Watches(&appsv1.DaemonSet{}, active, builder.WithPredicates(daemonSetEvents)).
+		Watches(&appsv1.Deployment{}, active, builder.WithPredicates(deploymentEvents)).
+		Watches(&appsv1.StatefulSet{}, active, builder.WithPredicates(statefulSetEvents)).
 		Watches(&ztv1.NodeCapture{}, active).
 		Complete(r)
 }
 
+// activeUpgrades names the upgrades still in progress. It runs on every watched
+// event, so it reads the cache without copying (upgrade statuses hold a thousand
+// node entries).
 func (r *Reconciler) activeUpgrades(ctx context.Context, _ client.Object) []reconcile.Request {
 	var list ztv1.RevisionUpgradeList
-	if err := r.Client.List(ctx, &list); err != nil {
+	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
@@ -129,15 +140,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl
 	log := r.Log.With(zap.String("upgrade", u.Name))
 	before := u.DeepCopy()
 	res, err := r.reconcile(ctx, log, u)
-	if !equality.Semantic.DeepEqual(before.Status, u.Status) {
-		u.Status.ObservedGeneration = u.Generation
-		countWrite("status")
-		if perr := r.Client.Status().Patch(ctx, u, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); perr != nil {
-			if apierrors.IsConflict(perr) {
-				return ctrl.Result{Requeue: true}, nil
-			}
-			err = errors.Join(err, fmt.Errorf("patch status: %w", perr))
+	wrote, perr := r.patchStatus(ctx, before, u)
+	if perr != nil {
+		if apierrors.IsConflict(perr) {
+			return ctrl.Result{Requeue: true}, nil
 		}
+		err = errors.Join(err, fmt.Errorf("patch status: %w", perr))
+	}
+	if wrote {
 		r.observe(before, u)
 	}
 	if err != nil {
@@ -258,7 +268,7 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 			r.Recorder.Event(u, eventWarning, "RouteDrift", msg)
 		}
 		u.Status.Message = msg
-		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+		return ctrl.Result{RequeueAfter: driftPoll}, nil
 	}
 	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.Phase == ztv1.PhasePaused && c != nil && c.Reason == "RouteDrift" {
 		r.setPhase(u, ztv1.PhaseProgressing)
@@ -268,6 +278,21 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 	case StagePinning:
 		if err := r.applyPins(ctx, u); err != nil {
 			return ctrl.Result{}, err
+		}
+		// A pinned template rolls a ztunnel DaemonSet's pods (a new ztunnel beside
+		// each old one): no node moves until that is over, or a node's newest
+		// ztunnel, which istio-cni hands new pods to, may be one its swap removes.
+		settled, msg, err := r.ztunnelsSettled(ctx, u)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !settled {
+			if r.timedOut(u) {
+				r.startRollback(u, "PinningTimedOut", fmt.Sprintf("the ztunnel DaemonSets did not roll out their pinned templates within %s: %s", r.timeout(u), msg))
+				return ctrl.Result{}, nil
+			}
+			u.Status.Message = "waiting for the ztunnel DaemonSets to roll out their pinned templates: " + msg
+			return ctrl.Result{RequeueAfter: defaultRequeue}, nil
 		}
 		r.Recorder.Eventf(u, eventNormal, "Pinned", "ztunnel DaemonSets and %d workload namespaces pinned to their revision's nodes", len(u.Spec.Workloads))
 		r.setStage(u, StageMoving)
@@ -359,13 +384,9 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 		}
 		return ctrl.Result{}, nil
 	}
-	var live corev1.NodeList
-	if err := r.Client.List(ctx, &live, client.UnsafeDisableDeepCopy); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list nodes: %w", err)
-	}
-	liveNodes := make(map[string]*corev1.Node, len(live.Items))
-	for k := range live.Items {
-		liveNodes[live.Items[k].Name] = &live.Items[k]
+	liveNodes, err := r.listNodes(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	if added := chooseNodes(u.Status.Nodes, int32(i), want, liveNodes); added > 0 {
 		for j := range u.Status.Nodes {
@@ -382,7 +403,7 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 			moving = append(moving, n.Name)
 		}
 	}
-	w, err := r.readWorld(ctx, u, moving)
+	w, err := r.readWorld(ctx, u, liveNodes, moving)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -408,7 +429,8 @@ func (r *Reconciler) moveNodes(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 	for k, n := range drive {
 		res := results[k]
 		if res.done {
-			n.Phase, n.Verified, n.CapturedBy = ztv1.NodeCanary, true, capturedBy(w, n.Name)
+			// Verified and CapturedBy come from the agents' reports, in Verifying.
+			n.Phase, n.Verified, n.CapturedBy = ztv1.NodeCanary, false, ""
 			done++
 			r.Recorder.Eventf(u, eventNormal, "NodeMoved", "node %s now runs the %s ztunnel", n.Name, u.Spec.To)
 			log.Info("node moved", zap.String("node", n.Name), zap.String("revision", u.Spec.To), zap.Int("step", i))
@@ -438,11 +460,9 @@ func countCanary(u *ztv1.RevisionUpgrade) int {
 	return n
 }
 
-func capturedBy(w *world, node string) string {
-	nc, ok := w.captures[node]
-	if !ok {
-		return ""
-	}
+// capturedBy is the revision a matching report shows capturing the node's pods
+// ("" when the node has none).
+func capturedBy(nc *ztv1.NodeCapture) string {
 	for _, p := range nc.Status.Pods {
 		return p.CapturedBy
 	}
@@ -467,20 +487,21 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 	if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationDisabled {
 		return true, "", nil
 	}
+	captures, err := r.nodeCaptures(ctx)
+	if err != nil {
+		return false, "", err
+	}
+	matched := map[string]*ztv1.NodeCapture{}
 	for _, n := range u.Status.Nodes {
 		if n.Phase != ztv1.NodeCanary {
 			continue
 		}
-		var nc ztv1.NodeCapture
-		err := r.Client.Get(ctx, client.ObjectKey{Name: n.Name}, &nc)
-		if apierrors.IsNotFound(err) || (err == nil && nc.Status.ObservedAt == nil) {
+		nc, ok := captures[n.Name]
+		if !ok || nc.Status.ObservedAt == nil {
 			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
 				return false, "no NodeCapture from the agent on " + n.Name + " yet", nil
 			}
 			continue
-		}
-		if err != nil {
-			return false, "", err
 		}
 		// Judge only a report the agent made after the wave's nodes were swapped: an
 		// older one may show the handoff (two revisions) or the old ztunnel.
@@ -492,12 +513,20 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 		}
 		switch nc.Status.Verdict {
 		case ztv1.VerdictMatch:
+			matched[n.Name] = nc
 		case ztv1.VerdictUnknown, "":
 			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
 				return false, "the agent on " + n.Name + " cannot tell yet", nil
 			}
 		default:
 			return false, "", fmt.Errorf("agent on node %s reports %s: %s", n.Name, nc.Status.Verdict, nc.Status.Message)
+		}
+	}
+	// Record what the agents proved, from the reports that passed the gate.
+	for j := range u.Status.Nodes {
+		n := &u.Status.Nodes[j]
+		if nc, ok := matched[n.Name]; ok {
+			n.Verified, n.CapturedBy = true, capturedBy(nc)
 		}
 	}
 	return true, "", nil
@@ -517,6 +546,10 @@ func (r *Reconciler) pause(ctx context.Context, u *ztv1.RevisionUpgrade, i int, 
 			r.setPhase(u, ztv1.PhasePaused)
 			setCondition(u, ztv1.ConditionPaused, metav1.ConditionTrue, "AwaitingPromote", fmt.Sprintf("step %d done; run `ztcanary promote %s` (annotation %s=%d) to go on", i, u.Name, ztv1.AnnotationPromote, i))
 			u.Status.Message = fmt.Sprintf("step %d done; waiting for promote", i)
+			if u.Status.TrafficStep != nil {
+				// The route is not watched: look at it again for drift while waiting.
+				return ctrl.Result{RequeueAfter: driftPoll}, nil
+			}
 			return ctrl.Result{}, nil
 		}
 	}

@@ -71,11 +71,15 @@ type env struct {
 	// kubeconfig is what orchestrators started by the test use (default: the
 	// cluster's admin kubeconfig); a test points it at a fault-injecting proxy.
 	kubeconfig string
+	nodes      int // the control plane and the workers
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvNodes(t, testNodes) }
+
+// newEnvNodes is newEnv with nodes nodes, the first the control plane.
+func newEnvNodes(t *testing.T, nodes int) *env {
 	t.Helper()
-	cl := simtest.Start(t, sim.Options{Nodes: testNodes, SkipCRDs: true})
+	cl := simtest.Start(t, sim.Options{Nodes: nodes, SkipCRDs: true})
 	crds, err := sim.ReadCRDs(filepath.Join("..", "deploy", "crds"))
 	if err != nil {
 		t.Fatal(err)
@@ -91,14 +95,14 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, cluster: cl, c: c}
+	e := &env{t: t, cluster: cl, c: c, nodes: nodes}
 	e.seed()
 	return e
 }
 
 func (e *env) workers() []string {
 	var out []string
-	for i := 1; i < testNodes; i++ {
+	for i := 1; i < e.nodes; i++ {
 		out = append(out, sim.NodeName(i))
 	}
 	return out

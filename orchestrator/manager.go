@@ -36,6 +36,8 @@ type Options struct {
 	LeaderElectionNamespace string
 	// LeaseDuration bounds how long a dead leader blocks the others (default 15s).
 	LeaseDuration time.Duration
+	// PprofAddr serves net/http/pprof for profiling ("" or "0" disables).
+	PprofAddr string
 }
 
 // LeaderElectionID names the Lease the orchestrator replicas compete for.
@@ -71,6 +73,7 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 		Scheme:                        scheme,
 		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress:        opts.HealthAddr,
+		PprofBindAddress:              opts.PprofAddr,
 		LeaderElection:                opts.LeaderElection,
 		LeaderElectionID:              LeaderElectionID,
 		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
@@ -80,7 +83,10 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 		RetryPeriod:                   &retry,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			ByObject:         map[client.Object]cache.ByObject{&corev1.Pod{}: {Transform: slimPod}},
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}:  {Transform: slimPod},
+				&corev1.Node{}: {Transform: slimNode},
+			},
 		},
 		Client: client.Options{Cache: &client.CacheOptions{Unstructured: false}},
 	})
@@ -142,5 +148,25 @@ func slimPod(obj any) (any, error) {
 		},
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions},
+	}, nil
+}
+
+// slimNode keeps, of each cached node, what the orchestrator reads: identity, labels,
+// annotations, whether it is cordoned (and its taints) and its conditions. A real
+// node's status (images, addresses, capacity, system info) is most of its size.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion,
+			Labels: n.Labels, Annotations: n.Annotations, OwnerReferences: n.OwnerReferences,
+			DeletionTimestamp: n.DeletionTimestamp, Generation: n.Generation,
+		},
+		Spec:   corev1.NodeSpec{Unschedulable: n.Spec.Unschedulable, Taints: n.Spec.Taints},
+		Status: corev1.NodeStatus{Conditions: n.Status.Conditions},
 	}, nil
 }

@@ -63,21 +63,42 @@ func indexPodNode(o client.Object) []string {
 	return nil
 }
 
-// readWorld reads, from the cache, the nodes and what runs on those of interest. The
-// lists share the cache's objects (no deep copy): the world is read-only.
-func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of []string) (*world, error) {
-	w := &world{
-		nodes:    map[string]*corev1.Node{},
-		ztunnels: map[string][]ztunnelPod{},
-		ambient:  map[string][]*corev1.Pod{},
-		captures: map[string]*ztv1.NodeCapture{},
+// ztunnelNodeIndex indexes the ztunnel pods (label app=ztunnel, as Istio's chart
+// sets for every revision) by node: a Handoff pass needs only those, one or two per
+// node, not the node's ten or a hundred workload pods.
+const ztunnelNodeIndex = "ztunnel.spec.nodeName"
+
+func indexZtunnelNode(o client.Object) []string {
+	p := o.(*corev1.Pod)
+	if p.Spec.NodeName != "" && p.Labels["app"] == "ztunnel" {
+		return []string{p.Spec.NodeName}
 	}
+	return nil
+}
+
+// listNodes reads every node from the cache, sharing the cache's objects.
+func (r *Reconciler) listNodes(ctx context.Context) (map[string]*corev1.Node, error) {
 	var nodes corev1.NodeList
 	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
+	out := make(map[string]*corev1.Node, len(nodes.Items))
 	for i := range nodes.Items {
-		w.nodes[nodes.Items[i].Name] = &nodes.Items[i]
+		out[nodes.Items[i].Name] = &nodes.Items[i]
+	}
+	return out, nil
+}
+
+// readWorld reads, from the cache, what runs on the nodes of interest (nodes: every
+// node, from listNodes). The lists share the cache's objects (no deep copy): the
+// world is read-only. Ambient workload pods are read only for Drain, the one
+// strategy that evicts them.
+func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nodes map[string]*corev1.Node, of []string) (*world, error) {
+	w := &world{
+		nodes:    nodes,
+		ztunnels: map[string][]ztunnelPod{},
+		ambient:  map[string][]*corev1.Pod{},
+		captures: map[string]*ztv1.NodeCapture{},
 	}
 	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
 	if err != nil {
@@ -87,9 +108,51 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of 
 	for rev, ds := range dss {
 		revByUID[ds.UID] = rev
 	}
+	for _, node := range of {
+		var pods corev1.PodList
+		if err := r.Client.List(ctx, &pods, client.MatchingFields{ztunnelNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, fmt.Errorf("list ztunnel pods on node %s: %w", node, err)
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Namespace != u.Spec.Ztunnel.Namespace {
+				continue
+			}
+			// Istio's chart gives every revision's pods the same labels: attribute
+			// them through the DaemonSet that owns them.
+			if owner := metav1.GetControllerOf(p); owner != nil {
+				if rev, ok := revByUID[owner.UID]; ok {
+					w.ztunnels[node] = append(w.ztunnels[node], ztunnelPod{pod: p, revision: rev})
+				}
+			}
+		}
+	}
+	if u.Spec.NodeStrategy != ztv1.NodeStrategyHandoff {
+		if err := r.readAmbient(ctx, u, w, of); err != nil {
+			return nil, err
+		}
+	}
+	if u.Spec.Analysis.AgentVerification != ztv1.AgentVerificationDisabled {
+		captures, err := r.nodeCaptures(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, node := range of {
+			if nc, ok := captures[node]; ok {
+				w.captures[node] = nc
+			}
+		}
+	}
+	return w, nil
+}
+
+// readAmbient fills w.ambient: the pods of the nodes of interest that the ambient
+// data plane captures (enrolled by namespace or by label), not DaemonSet pods, not
+// finished.
+func (r *Reconciler) readAmbient(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, of []string) error {
 	var nss corev1.NamespaceList
 	if err := r.Client.List(ctx, &nss, client.MatchingLabels{ambientModeLabel: "ambient"}); err != nil {
-		return nil, fmt.Errorf("list ambient namespaces: %w", err)
+		return fmt.Errorf("list ambient namespaces: %w", err)
 	}
 	ambientNS := map[string]bool{}
 	for _, ns := range nss.Items {
@@ -98,18 +161,11 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of 
 	for _, node := range of {
 		var pods corev1.PodList
 		if err := r.Client.List(ctx, &pods, client.MatchingFields{podNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
-			return nil, fmt.Errorf("list pods on node %s: %w", node, err)
+			return fmt.Errorf("list pods on node %s: %w", node, err)
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
 			if p.Namespace == u.Spec.Ztunnel.Namespace && p.Labels["app"] == "ztunnel" {
-				// Istio's chart gives every revision's pods the same labels: attribute
-				// them through the DaemonSet that owns them.
-				if owner := metav1.GetControllerOf(p); owner != nil {
-					if rev, ok := revByUID[owner.UID]; ok {
-						w.ztunnels[node] = append(w.ztunnels[node], ztunnelPod{pod: p, revision: rev})
-					}
-				}
 				continue
 			}
 			if !ambientNS[p.Namespace] && p.Labels[ambientModeLabel] != "ambient" {
@@ -121,18 +177,21 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, of 
 			w.ambient[node] = append(w.ambient[node], p)
 		}
 	}
-	if u.Spec.Analysis.AgentVerification != ztv1.AgentVerificationDisabled {
-		for _, node := range of {
-			var nc ztv1.NodeCapture
-			err := r.Client.Get(ctx, client.ObjectKey{Name: node}, &nc)
-			if err == nil {
-				w.captures[node] = &nc
-			} else if !apierrors.IsNotFound(err) {
-				return nil, fmt.Errorf("get NodeCapture %s: %w", node, err)
-			}
-		}
+	return nil
+}
+
+// nodeCaptures reads every agent report from the cache by node, sharing the
+// cache's objects (read-only).
+func (r *Reconciler) nodeCaptures(ctx context.Context) (map[string]*ztv1.NodeCapture, error) {
+	var list ztv1.NodeCaptureList
+	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("list NodeCaptures: %w", err)
 	}
-	return w, nil
+	out := make(map[string]*ztv1.NodeCapture, len(list.Items))
+	for i := range list.Items {
+		out[list.Items[i].Name] = &list.Items[i]
+	}
+	return out, nil
 }
 
 func isDaemonPod(p *corev1.Pod) bool {

@@ -125,8 +125,17 @@ func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
 	if !t.affinity {
 		spec["nodeSelector"] = map[string]any{key: t.revision}
 	} else {
+		// Build on the affinity recorded before the upgrade, not the live one, which
+		// holds ztcanary's terms once pinned: pinning again must change nothing.
+		a := t.template.Spec.Affinity
+		if rec := findPin(u.Status.OriginalPins, t); rec != nil && rec.Affinity != "" {
+			a = nil
+			if err := json.Unmarshal([]byte(rec.Affinity), &a); err != nil {
+				return nil, fmt.Errorf("recorded affinity of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+			}
+		}
 		var orig *corev1.NodeSelector
-		if a := t.template.Spec.Affinity; a != nil && a.NodeAffinity != nil {
+		if a != nil && a.NodeAffinity != nil {
 			orig = a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution
 		}
 		spec["nodeSelector"] = map[string]any{key: nil}
@@ -135,6 +144,16 @@ func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
 		}}
 	}
 	return json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}})
+}
+
+// findPin returns the record of what target t held before the upgrade, if any.
+func findPin(recs []ztv1.PinRecord, t pinTarget) *ztv1.PinRecord {
+	for i := range recs {
+		if r := &recs[i]; r.Kind == t.kind && r.Namespace == t.obj.GetNamespace() && r.Name == t.obj.GetName() {
+			return r
+		}
+	}
+	return nil
 }
 
 // handoffAffinity is "node label is rev OR handoff label is rev", each ANDed with the
@@ -248,4 +267,28 @@ func (r *Reconciler) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) e
 		}
 	}
 	return nil
+}
+
+// ztunnelsSettled reports whether the ztunnel DaemonSets of both revisions have
+// rolled out their current template on every node they run on (as `kubectl rollout
+// status` judges it), and otherwise what they wait for.
+func (r *Reconciler) ztunnelsSettled(ctx context.Context, u *ztv1.RevisionUpgrade) (bool, string, error) {
+	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+	if err != nil {
+		return false, "", err
+	}
+	for _, rev := range []string{u.Spec.From, u.Spec.To} {
+		ds, ok := dss[rev]
+		if !ok {
+			return false, "", fmt.Errorf("no ztunnel DaemonSet of revision %s in %s", rev, u.Spec.Ztunnel.Namespace)
+		}
+		st := ds.Status
+		switch {
+		case st.ObservedGeneration < ds.Generation:
+			return false, fmt.Sprintf("DaemonSet %s: generation %d not observed yet", ds.Name, ds.Generation), nil
+		case st.UpdatedNumberScheduled < st.DesiredNumberScheduled || st.NumberAvailable < st.DesiredNumberScheduled:
+			return false, fmt.Sprintf("DaemonSet %s: %d of %d pods updated, %d available", ds.Name, st.UpdatedNumberScheduled, st.DesiredNumberScheduled, st.NumberAvailable), nil
+		}
+	}
+	return true, "", nil
 }

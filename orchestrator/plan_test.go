@@ -219,3 +219,29 @@ func TestPinPatchOnlyNamesTheNodeLabel(t *testing.T) {
 		t.Errorf("patch %s, want %s (other selector keys untouched)", b, want)
 	}
 }
+
+func TestPinPatchIsTheSameOnAPinnedDaemonSet(t *testing.T) {
+	u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{NodeLabel: "istio.io/rev", Ztunnel: ztv1.ZtunnelSpec{HandoffLabel: "ztcanary.io/handoff"}}}
+	ds := &appsv1.DaemonSet{}
+	ds.Name, ds.Namespace = "ztunnel-1-18-0", "istio-system"
+	ds.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/os": "linux", "istio.io/rev": "1-18-0"}
+	target := pinTarget{kind: "DaemonSet", obj: ds, template: &ds.Spec.Template, revision: "1-18-0", affinity: true}
+	u.Status.OriginalPins = recordPins(u, []pinTarget{target})
+	first, err := pinPatch(u, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The DaemonSet as the first patch left it: ztcanary's terms in its affinity.
+	pinned := ds.DeepCopy()
+	delete(pinned.Spec.Template.Spec.NodeSelector, "istio.io/rev")
+	pinned.Spec.Template.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: handoffAffinity(nil, "istio.io/rev", "ztcanary.io/handoff", "1-18-0"),
+	}}
+	again, err := pinPatch(u, pinTarget{kind: "DaemonSet", obj: pinned, template: &pinned.Spec.Template, revision: "1-18-0", affinity: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(again) != string(first) {
+		t.Errorf("pinning a pinned DaemonSet again patches\n%s\nnot the first patch\n%s\n(a restart or a second pass would change the template, rolling every ztunnel)", again, first)
+	}
+}

@@ -54,7 +54,11 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 				moving = append(moving, n.Name)
 			}
 		}
-		w, err := r.readWorld(ctx, u, moving)
+		nodes, err := r.listNodes(ctx)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		w, err := r.readWorld(ctx, u, nodes, moving)
 		if err != nil {
 			return ctrl.Result{}, err
 		}

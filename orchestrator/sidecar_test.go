@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
@@ -81,8 +82,22 @@ func newSidecarEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	// The in-cluster istiod Deployments preflight checks (kwok makes them Available).
-	e.create(seed.Istiod(fromRev, nil), seed.Istiod(toRev, nil))
+	// The in-cluster istiod Deployments preflight checks (kwok makes them Available), as
+	// Istio's chart renders them, with their ServiceAccounts. The rest of each release
+	// (its ConfigMaps, the injector webhook) is what StartIstiod made for the real istiod.
+	for _, rev := range []string{fromRev, toRev} {
+		objs, err := seed.Render(ctx, seed.Release{Chart: seed.ChartIstiod, Revision: rev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		istiod := []*unstructured.Unstructured{seed.Find(objs, "ServiceAccount", "istiod-"+rev), seed.Find(objs, "Deployment", "istiod-"+rev)}
+		if istiod[0] == nil || istiod[1] == nil {
+			t.Fatalf("the istiod chart of %s renders no ServiceAccount and Deployment istiod-%s", rev, rev)
+		}
+		if err := seed.Apply(ctx, c, istiod); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// A gateway outside the scope, injected by from through its pod label.
 	gw := seed.Deployment(istioNS, "istio-ingressgateway", 1)
 	gw.Spec.Template.Labels = map[string]string{"app": "istio-ingressgateway", "istio": "ingressgateway", revKey: fromRev}

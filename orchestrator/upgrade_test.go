@@ -3,6 +3,7 @@ package orchestrator_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -275,7 +276,13 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(istiodTo.DeepCopy())
-	istiodTo.Spec.Template.Spec.Containers[0].Env[0].Value = "istio-system/ztunnel"
+	// What the istiod chart sets when trustedZtunnelName is left out.
+	env := istiodTo.Spec.Template.Spec.Containers[0].Env
+	i := slices.IndexFunc(env, func(e corev1.EnvVar) bool { return e.Name == "CA_TRUSTED_NODE_ACCOUNTS" })
+	if i < 0 {
+		t.Fatalf("istiod %s sets no CA_TRUSTED_NODE_ACCOUNTS: %v", istiodTo.Name, env)
+	}
+	env[i].Value = "istio-system/ztunnel"
 	if err := e.c.Patch(context.Background(), &istiodTo, patch); err != nil {
 		t.Fatal(err)
 	}

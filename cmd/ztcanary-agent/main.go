@@ -40,6 +40,7 @@ func main() {
 	netnsDirs := flag.String("netns-dirs", "/var/run/netns", "folders of bind-mounted pod network namespaces, comma-separated")
 	flag.DurationVar(&opts.SyncInterval, "sync-interval", 5*time.Second, "how often to list pods, cgroups and namespaces")
 	flag.DurationVar(&opts.MinWriteInterval, "min-write-interval", 2*time.Second, "least time between two status writes")
+	flag.DurationVar(&opts.ResyncInterval, "resync-interval", 30*time.Second, "write the status at least this often, even unchanged (its observedAt shows the agent is alive)")
 	metricsAddr := flag.String("metrics-bind-address", ":9464", "address of the Prometheus metrics endpoint (0 disables)")
 	level := zap.LevelFlag("log-level", zapcore.InfoLevel, "minimum log level: debug, info, warn, error")
 	flag.Parse()

@@ -23,6 +23,7 @@ func main() {
 	// --kubeconfig is registered by controller-runtime: a path, else in-cluster.
 	var opts orchestrator.Options
 	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
+	flag.StringVar(&opts.PprofAddr, "pprof-bind-address", "", "address of net/http/pprof for profiling (empty or 0 disables)")
 	flag.StringVar(&opts.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz (0 disables)")
 	flag.BoolVar(&opts.LeaderElection, "leader-elect", true, "elect one active replica through a Lease")
 	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the pod's namespace)")

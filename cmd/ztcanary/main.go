@@ -1,10 +1,10 @@
 // Command ztcanary is the ztcanary command line (also the kubectl plugin
-// kubectl-ztcanary). The commands live in internal/cli.
+// kubectl-ztcanary, built from cmd/kubectl-ztcanary). The commands live in
+// internal/cli.
 package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,10 +14,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := cli.NewRootCommand().ExecuteContext(ctx)
+	code := cli.Main(ctx, os.Args[0], os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ztcanary:", err)
-		os.Exit(1)
-	}
+	os.Exit(code)
 }

@@ -1,9 +1,20 @@
-// Command demo shows a whole ztcanary upgrade on a simulated cluster (`make demo`):
-// it starts the cluster (5 nodes), installs the seed topology (two revisions of
-// istiod and ztunnel, Bookinfo-like workloads per revision), runs the orchestrator,
-// and moves the workers from the stable to the canary revision wave by wave; then a
-// second upgrade, to a third revision whose canary workloads never become Ready,
-// fails its gate and rolls back to exactly where it started. It cleans up by itself.
+// Command demo shows a whole ztcanary upgrade on a simulated cluster (`make demo`).
+//
+// It starts the cluster (5 nodes: a control plane and four workers), installs the
+// seed topology from Istio's real Helm charts (istio-cni once; istiod and ztunnel for
+// three revisions; Bookinfo-like workloads per revision), a Gateway and an HTTPRoute
+// served by Traefik, a real Gateway API data plane, with one reviews backend per
+// revision answering from a network namespace of its own. It runs the orchestrator,
+// moves the workers from 1-18-0 to 1-18-1 wave by wave while the traffic tester shows
+// the split users really get through Traefik at every step, then tries 1-19-0, whose
+// reviews answer 503: the traffic gate fails and ztcanary rolls everything back, the
+// node labels and the route exactly as they were. It ends by itself and cleans up
+// (processes by PID, network namespaces).
+//
+// Network namespaces need root: without it the demo says so and runs without real
+// traffic (the route still moves; the second upgrade then fails another gate, canary
+// workloads that never become Ready). Agents (the eBPF proof of which ztunnel captures
+// each pod) plug in through startAgents (agents.go).
 package main
 
 import (
@@ -14,226 +25,223 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
-	"strings"
 	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
-	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/orchestrator"
 )
 
+// The revisions: the stable one, the good canary, and the broken one.
 const (
 	stable = "1-18-0"
 	canary = "1-18-1"
 	broken = "1-19-0"
 )
 
+type options struct {
+	orchestrator string
+	agent        string
+	nodes        int
+	noTraffic    bool
+}
+
 func main() {
-	bin := flag.String("orchestrator", "bin/ztcanary-orchestrator", "path of the ztcanary-orchestrator binary")
-	nodes := flag.Int("nodes", 5, "nodes of the simulated cluster (the first is the control plane)")
+	var o options
+	flag.StringVar(&o.orchestrator, "orchestrator", "bin/ztcanary-orchestrator", "path of the ztcanary-orchestrator binary")
+	flag.StringVar(&o.agent, "agent", "bin/ztcanary-agent", "path of the ztcanary-agent binary, for agents plugged in through startAgents")
+	flag.IntVar(&o.nodes, "nodes", 5, "nodes of the simulated cluster (the first is the control plane)")
+	flag.BoolVar(&o.noTraffic, "no-traffic", false, "run without Traefik and real traffic, even as root")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *nodes); err != nil {
+	began := time.Now()
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
+	say("demo finished in %s", time.Since(began).Round(time.Second))
 }
 
 func say(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 
-func run(ctx context.Context, bin string, n int) error {
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("orchestrator binary %s: %w (run make build)", bin, err)
+// demo is what the steps share.
+type demo struct {
+	cluster *sim.Cluster
+	c       client.Client
+	kube    kubernetes.Interface
+	gw      gatewayclient.Interface
+	workers []string
+	// net carries real traffic through Traefik to backends in network namespaces;
+	// nil without root.
+	net *network
+	// agents is set when node agents run, so upgrades require their proof.
+	agents bool
+}
+
+func run(ctx context.Context, o options) error {
+	if o.nodes < 3 {
+		return fmt.Errorf("-nodes %d: want at least 3 (a control plane and two workers)", o.nodes)
 	}
-	say("starting a simulated cluster of %d nodes (real control plane, kwok nodes)", n)
-	cl, err := sim.Start(ctx, sim.Options{Nodes: n, Progress: os.Stdout})
+	if _, err := os.Stat(o.orchestrator); err != nil {
+		return fmt.Errorf("orchestrator binary %s: %w (run make build)", o.orchestrator, err)
+	}
+	traffic := !o.noTraffic
+	if traffic && os.Geteuid() != 0 {
+		say("not root: network namespaces (and eBPF) need root, so this run sends no real traffic and has no agent verification; run `sudo make demo` for the whole picture")
+		traffic = false
+	}
+	var traefikBin string
+	if traffic {
+		var err error
+		if traefikBin, err = sim.EnsureTraefik(ctx, os.Stdout); err != nil {
+			return err
+		}
+	}
+
+	say("starting a simulated cluster of %d nodes (real control plane, kwok nodes)", o.nodes)
+	cl, err := sim.Start(ctx, sim.Options{Nodes: o.nodes, Progress: prefixed{}})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		say("stopping the simulated cluster")
-		_ = cl.Stop()
+		say("stopping the simulated cluster (every process by PID)")
+		if err := cl.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: stop cluster:", err)
+		}
 	}()
-	if err := installCRDs(ctx, cl); err != nil {
-		return err
-	}
-	scheme, err := orchestrator.NewScheme()
+	d, err := newDemo(ctx, cl, o.nodes)
 	if err != nil {
 		return err
 	}
-	c, err := client.New(cl.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		return err
-	}
-	var workers []string
-	for i := 1; i < n; i++ {
-		workers = append(workers, sim.NodeName(i))
-	}
-	say("installing the seed topology: istiod and ztunnel for %s (stable), %s and %s; workers labelled istio.io/rev=%s", stable, canary, broken, stable)
-	if err := seed.Install(ctx, c, workers, stable, canary, broken); err != nil {
-		return err
-	}
-	printNodes(ctx, c, workers)
 
-	logPath := filepath.Join(os.TempDir(), "ztcanary-demo-orchestrator.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
+	say("installing the seed topology from Istio's Helm charts (rendered by istio-render, server-side applied): istio-cni once; istiod and ztunnel for %s (stable), %s and %s; workers labelled istio.io/rev=%s", stable, canary, broken, stable)
+	began := time.Now()
+	if err := seed.Install(ctx, d.c, d.workers, stable, canary, broken); err != nil {
 		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "--kubeconfig="+cl.Kubeconfig, "--leader-elect=false", "--metrics-bind-address=0", "--health-probe-bind-address=0")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	say("orchestrator running (pid %d)", cmd.Process.Pid)
+	say("seed installed in %s:", time.Since(began).Round(100*time.Millisecond))
+	d.printIstio(ctx)
+	d.printNodes(ctx)
 
-	up := upgrade("canary-"+canary, stable, canary)
-	up.Spec.Steps = []ztv1.Step{
-		{Nodes: intstr.FromInt32(1), Pause: &ztv1.Pause{Duration: &metav1.Duration{Duration: 2 * time.Second}}},
-		{Nodes: intstr.FromString("50%")},
-		{Nodes: intstr.FromString("100%")},
-	}
-	say("upgrade 1: %s → %s, Drain, waves of 1 node, 50%%, 100%%", stable, canary)
-	if err := c.Create(ctx, up); err != nil {
-		return err
-	}
-	u, err := follow(ctx, c, up.Name, workers)
-	if err != nil {
-		return err
-	}
-	if u.Status.Phase != ztv1.PhaseSucceeded {
-		return fmt.Errorf("upgrade 1 ended %s: %s", u.Status.Phase, u.Status.Message)
-	}
-	printNodes(ctx, c, workers)
-
-	// Upgrade 2: the canary workloads of the third revision ask for more CPU than any
-	// node has, so they never become Ready and the wave's gate times out.
-	for _, app := range seed.Apps {
-		var d = seed.Deployment(seed.AppNamespace(broken), app, seed.AppReplicas)
-		if err := c.Get(ctx, client.ObjectKeyFromObject(d), d); err != nil {
+	if traffic {
+		say("starting Traefik (the Gateway API data plane) and one reviews backend per revision in its own network namespace")
+		if d.net, err = startNetwork(ctx, cl, traefikBin); err != nil {
 			return err
 		}
-		patch := client.MergeFrom(d.DeepCopy())
-		d.Spec.Template.Spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("64")}
-		if err := c.Patch(ctx, d, patch); err != nil {
-			return err
-		}
+		defer d.net.close()
 	}
-	before := labels(ctx, c, workers)
-	bad := upgrade("canary-"+broken, canary, broken)
-	bad.Spec.Steps = []ztv1.Step{{Nodes: intstr.FromInt32(1)}, {Nodes: intstr.FromString("100%")}}
-	bad.Spec.StepTimeout = &metav1.Duration{Duration: 10 * time.Second}
-	say("upgrade 2: %s → %s, whose canary workloads cannot be scheduled; the gate times out after 10s", canary, broken)
-	if err := c.Create(ctx, bad); err != nil {
+	if err := d.installRoute(ctx); err != nil {
 		return err
 	}
-	u, err = follow(ctx, c, bad.Name, workers)
+
+	if startAgents != nil && os.Geteuid() == 0 {
+		say("starting the node agents")
+		stopAgents, err := startAgents(ctx, cl, d.workers, o.agent)
+		if err != nil {
+			return fmt.Errorf("start agents: %w", err)
+		}
+		defer func() {
+			if err := stopAgents(); err != nil {
+				fmt.Fprintln(os.Stderr, "demo: stop agents:", err)
+			}
+		}()
+		d.agents = true
+	} else {
+		say("no node agents in this run: upgrades go without agent verification")
+	}
+
+	logPath := filepath.Join(cl.Dir, "ztcanary-orchestrator.log")
+	stopOrchestrator, err := startOrchestrator(o.orchestrator, cl.Kubeconfig, logPath)
 	if err != nil {
 		return err
 	}
-	if u.Status.Phase != ztv1.PhaseRolledBack {
-		return fmt.Errorf("upgrade 2 ended %s, want RolledBack: %s", u.Status.Phase, u.Status.Message)
+	defer stopOrchestrator()
+
+	if err := d.goodUpgrade(ctx); err != nil {
+		return fmt.Errorf("%w (orchestrator log: %s)", err, logPath)
 	}
-	after := labels(ctx, c, workers)
-	if before != after {
-		return fmt.Errorf("rollback left node labels %s, was %s", after, before)
+	if err := d.failedUpgrade(ctx); err != nil {
+		return fmt.Errorf("%w (orchestrator log: %s)", err, logPath)
 	}
-	say("rolled back exactly: node labels are again %s", after)
-	printNodes(ctx, c, workers)
-	say("done; orchestrator log was %s", logPath)
 	return nil
 }
 
-func installCRDs(ctx context.Context, cl *sim.Cluster) error {
+func newDemo(ctx context.Context, cl *sim.Cluster, nodes int) (*demo, error) {
 	root, err := sim.RepoRoot()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	crds, err := sim.ReadCRDs(filepath.Join(root, "deploy", "crds"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return cl.InstallCRDs(ctx, crds)
+	if err := cl.InstallCRDs(ctx, crds); err != nil {
+		return nil, err
+	}
+	scheme, err := orchestrator.NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cl.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	gw, err := gatewayclient.NewForConfig(cl.Config)
+	if err != nil {
+		return nil, err
+	}
+	d := &demo{cluster: cl, c: c, kube: cl.Client, gw: gw}
+	for i := 1; i < nodes; i++ {
+		d.workers = append(d.workers, sim.NodeName(i))
+	}
+	return d, nil
 }
 
-func upgrade(name, from, to string) *ztv1.RevisionUpgrade {
-	return &ztv1.RevisionUpgrade{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: ztv1.RevisionUpgradeSpec{
-			From: from, To: to,
-			Workloads: []ztv1.WorkloadPin{{Namespace: seed.AppNamespace(from), Revision: from}, {Namespace: seed.AppNamespace(to), Revision: to}},
-			Analysis:  ztv1.Analysis{AgentVerification: ztv1.AgentVerificationDisabled},
-		},
+// startOrchestrator runs the orchestrator binary against the cluster, its log in
+// logPath; the returned function ends it by PID.
+func startOrchestrator(bin, kubeconfig, logPath string) (func(), error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
 	}
-}
-
-// follow prints a line whenever the upgrade's phase, step, stage or message changes,
-// until it ends.
-func follow(ctx context.Context, c client.Client, name string, workers []string) (*ztv1.RevisionUpgrade, error) {
-	start := time.Now()
-	last := ""
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	for {
-		u := &ztv1.RevisionUpgrade{}
-		if err := c.Get(ctx, client.ObjectKey{Name: name}, u); err != nil {
-			return nil, err
-		}
-		line := fmt.Sprintf("%-11s step %d/%d %-18s canary nodes %d/%d  %s", u.Status.Phase, u.Status.CurrentStep+1, len(u.Spec.Steps), u.Status.StepStage, u.Status.CanaryNodes, u.Status.TotalNodes, u.Status.Message)
-		if line != last {
-			fmt.Printf("    [%5.1fs] %s\n", time.Since(start).Seconds(), line)
-			last = line
-		}
-		switch u.Status.Phase {
-		case ztv1.PhaseSucceeded, ztv1.PhaseRolledBack, ztv1.PhaseFailed:
-			return u, nil
-		}
+	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--leader-elect=false", "--metrics-bind-address=0", "--health-probe-bind-address=0")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Dies with the demo, whatever ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start orchestrator: %w", err)
+	}
+	say("orchestrator running (pid %d, log %s)", cmd.Process.Pid, logPath)
+	return func() {
+		say("stopping the orchestrator (pid %d)", cmd.Process.Pid)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
 		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("upgrade %s did not end: %w", name, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
 		}
-	}
+		logf.Close()
+	}, nil
 }
 
-func labels(ctx context.Context, c client.Client, workers []string) string {
-	var out []string
-	for _, w := range workers {
-		var n corev1.Node
-		if err := c.Get(ctx, client.ObjectKey{Name: w}, &n); err == nil {
-			out = append(out, w+"="+n.Labels[seed.RevisionKey])
-		}
-	}
-	return strings.Join(out, " ")
+// prefixed indents the simulated cluster's progress lines under the demo's.
+type prefixed struct{}
+
+func (prefixed) Write(b []byte) (int, error) {
+	fmt.Print("    " + string(b))
+	return len(b), nil
 }
 
-// printNodes shows each worker's revision label and the ztunnel revisions on it.
-func printNodes(ctx context.Context, c client.Client, workers []string) {
-	var pods corev1.PodList
-	_ = c.List(ctx, &pods, client.InNamespace(seed.IstioNamespace), client.MatchingLabels{"app": "ztunnel"})
-	zt := map[string][]string{}
-	for _, p := range pods.Items {
-		zt[p.Spec.NodeName] = append(zt[p.Spec.NodeName], p.Annotations[seed.RevisionKey])
-	}
-	for _, w := range workers {
-		var n corev1.Node
-		if err := c.Get(ctx, client.ObjectKey{Name: w}, &n); err != nil {
-			continue
-		}
-		sort.Strings(zt[w])
-		fmt.Printf("    %-16s istio.io/rev=%-8s ztunnel %s\n", w, n.Labels[seed.RevisionKey], strings.Join(zt[w], ","))
-	}
-}
+// nop is the logger of the routers the demo reads routes with.
+var nop = zap.NewNop()

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -91,11 +91,20 @@ func labelNode(t *testing.T, c kubernetes.Interface, node, key string, value *st
 	})
 }
 
-// ztunnelLike is a ztunnel DaemonSet of the seed topology, in the test's namespace.
-func ztunnelLike(ns, rev string) *appsv1.DaemonSet {
-	ds := seed.Ztunnel(rev, "default")
-	ds.Namespace = ns
-	return ds
+// applyZtunnel installs Istio's ztunnel chart of revision rev, restricted to the nodes
+// labelled with it, in the test's namespace (what the seed topology installs per
+// revision in istio-system).
+func applyZtunnel(t *testing.T, ns, rev string) {
+	t.Helper()
+	c, err := client.New(cluster.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := seed.ZtunnelRelease(rev)
+	r.Namespace = ns
+	if err := seed.InstallRelease(context.Background(), c, r); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // podNodes returns the nodes of the Running, Ready pods of a DaemonSet.
@@ -172,9 +181,7 @@ func TestDaemonSetWithNodeSelectorLandsOnlyOnLabelledNodes(t *testing.T) {
 	ns := testNamespace(t, c)
 	rev := "1-18-0-alpha-0"
 	labelNode(t, c, "ambient-worker", revLabel, &rev)
-	if _, err := c.AppsV1().DaemonSets(ns).Create(context.Background(), ztunnelLike(ns, rev), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	applyZtunnel(t, ns, rev)
 	waitPodNodes(t, c, ns, "ambient-worker")
 	// Stay settled: no pod shows up on an unlabelled node a moment later either.
 	time.Sleep(time.Second)
@@ -186,9 +193,7 @@ func TestRelabellingANodeMovesTheDaemonSetPod(t *testing.T) {
 	ns := testNamespace(t, c)
 	rev := "1-18-1"
 	labelNode(t, c, "ambient-worker", revLabel, &rev)
-	if _, err := c.AppsV1().DaemonSets(ns).Create(context.Background(), ztunnelLike(ns, rev), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	applyZtunnel(t, ns, rev)
 	waitPodNodes(t, c, ns, "ambient-worker")
 
 	other := "1-18-0-alpha-0"

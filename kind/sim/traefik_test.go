@@ -21,6 +21,7 @@ func TestOptionalVersionsMatchTheToolModules(t *testing.T) {
 		{"kind/tools/traefik/go.mod", "github.com/traefik/traefik/v3 " + sim.TraefikVersion},
 		{"kind/tools/hey/go.mod", "github.com/rakyll/hey " + sim.HeyVersion},
 		{"kind/tools/istiod/go.mod", "istio.io/istio " + sim.IstioVersion},
+		{"kind/tools/istiocharts/go.mod", "istio.io/istio " + sim.IstioVersion},
 	} {
 		b, err := os.ReadFile(filepath.Join(root, tc.file))
 		if err != nil {

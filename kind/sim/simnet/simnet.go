@@ -5,7 +5,13 @@
 // without leaving the machine. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
 package simnet
 
-import "net/http"
+import (
+	"errors"
+	"net/http"
+)
+
+// ErrNeedsRoot is Serve's answer when the process may not create network namespaces.
+var ErrNeedsRoot = errors.New("simnet needs root to create network namespaces")
 
 // Server is an HTTP server inside a network namespace of its own.
 type Server struct {
@@ -16,5 +22,6 @@ type Server struct {
 	// Port is the port it listens on.
 	Port int
 
-	srv *http.Server
+	srv      *http.Server
+	hostLink string
 }

@@ -31,24 +31,29 @@ func Start(t testing.TB, index, port int, handler http.Handler) *Server {
 		}
 		t.Skip("simnet needs root to create network namespaces")
 	}
+	s, err := Serve(index, port, handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Serve is Start for programs (the demo): it returns an error instead of ending a
+// test (ErrNeedsRoot without root), and the caller calls Close.
+func Serve(index, port int, handler http.Handler) (*Server, error) {
+	if os.Geteuid() != 0 {
+		return nil, ErrNeedsRoot
+	}
 	if index < 1 || index > 250 {
-		t.Fatalf("simnet: index %d outside 1-250", index)
+		return nil, fmt.Errorf("simnet: index %d outside 1-250", index)
 	}
 	pid := os.Getpid() % 100000
 	name := fmt.Sprintf("ztcanary-%d-%d", pid, index)
 	short := fmt.Sprintf("zc%05d%03d", pid, index) // interface names: at most 15 bytes
 	host, peer := short+"h", short+"n"
 	subnet := fmt.Sprintf("10.%d.%d", 100+pid%100, index)
-	s := &Server{NetNS: name, IP: subnet + ".2", Port: port}
-
-	t.Cleanup(func() {
-		if s.srv != nil {
-			_ = s.srv.Close()
-		}
-		// Deleting the namespace deletes the veth end inside it, and with it the pair.
-		_ = ip("netns", "del", name)
-		_ = ip("link", "del", host)
-	})
+	s := &Server{NetNS: name, IP: subnet + ".2", Port: port, hostLink: host}
 	for _, args := range [][]string{
 		{"netns", "add", name},
 		{"link", "add", host, "type", "veth", "peer", "name", peer, "netns", name},
@@ -59,16 +64,33 @@ func Start(t testing.TB, index, port int, handler http.Handler) *Server {
 		{"-n", name, "link", "set", "lo", "up"},
 	} {
 		if err := ip(args...); err != nil {
-			t.Fatalf("simnet: %v", err)
+			_ = s.Close()
+			return nil, fmt.Errorf("simnet: %w", err)
 		}
 	}
 	l, err := listenIn(name, net.JoinHostPort(s.IP, strconv.Itoa(port)))
 	if err != nil {
-		t.Fatalf("simnet: %v", err)
+		_ = s.Close()
+		return nil, fmt.Errorf("simnet: %w", err)
 	}
 	s.srv = &http.Server{Handler: handler}
 	go func() { _ = s.srv.Serve(l) }()
-	return s
+	return s, nil
+}
+
+// Close stops the server and removes its namespace and veth pair. Safe to call twice.
+func (s *Server) Close() error {
+	if s.srv != nil {
+		_ = s.srv.Close()
+		s.srv = nil
+	}
+	// Deleting the namespace deletes the veth end inside it, and with it the pair.
+	var errs []error
+	if _, err := os.Stat("/var/run/netns/" + s.NetNS); err == nil {
+		errs = append(errs, ip("netns", "del", s.NetNS))
+	}
+	_ = ip("link", "del", s.hostLink) // gone with the namespace, normally
+	return errors.Join(errs...)
 }
 
 func ip(args ...string) error {

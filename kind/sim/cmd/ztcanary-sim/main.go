@@ -1,5 +1,7 @@
 // Command ztcanary-sim builds, starts and stops the simulated cluster from the
-// Makefile: `build` fills the binary cache (`build-optional` adds Traefik, istiod and hey), `up` leaves a cluster running in a folder
+// Makefile: `build` fills the binary cache (the cluster's binaries and istio-render,
+// which renders Istio's charts for the seed topology; `build-optional` adds Traefik,
+// istiod and hey), `up` leaves a cluster running in a folder
 // (default .sim) with its kubeconfig there, `down` stops it by PID and removes its data.
 package main
 
@@ -45,7 +47,10 @@ func run() error {
 	defer stop()
 	switch cmd {
 	case "build":
-		_, err := sim.EnsureBinaries(ctx, os.Stderr)
+		if _, err := sim.EnsureBinaries(ctx, os.Stderr); err != nil {
+			return err
+		}
+		_, err := sim.EnsureIstioRender(ctx, os.Stderr)
 		return err
 	case "build-optional":
 		// Traefik (end-to-end traffic tests), istiod (the sidecar injector of the
