@@ -191,7 +191,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, bins *Binaries, opts Op
 	); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "kube-apiserver", host+"/readyz", p.adminToken, 60*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "kube-apiserver", host+"/readyz", p.adminToken, 3*time.Minute); err != nil {
 		return err
 	}
 	c.Config, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
