@@ -136,7 +136,7 @@ while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 100 ]; do sleep 0.05; i=$(
 		"NoNewPrivs": "1", "env": "NODE_NAME=node-a",
 		"write /ztcanary-probe": "refused", "write /tmp/ztcanary-probe": "refused", "write /proc/ztcanary-probe": "refused",
 		"write " + filepath.Join(dir, "probe"): "refused",
-		"mkdir cgroup": "refused", "mkdir bpffs": "ok", "propagation": "ok",
+		"mkdir cgroup":                         "refused", "mkdir bpffs": "ok", "propagation": "ok",
 	} {
 		if got[k] != v {
 			t.Errorf("%s: %q, want %q", k, got[k], v)
