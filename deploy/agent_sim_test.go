@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -443,6 +444,71 @@ func TestSimNoSecretsRead(t *testing.T) {
 			}[sa.name]
 			if strings.Join(bound, ",") != strings.Join(want, ",") {
 				t.Errorf("roles bound to %s: %v, want %v", sa.name, bound, want)
+			}
+		})
+	}
+}
+
+// TestSimAgentCapabilities runs the agent as deployed with each capability of the
+// DaemonSet left out in turn, to show which ones the agent really needs on a node:
+// whether it still proves its pods' capture (a NodeCapture with verdict Match), and
+// what it logs when it cannot.
+func TestSimAgentCapabilities(t *testing.T) {
+	w := newAgentWorld(t, 2) // the control plane and one worker
+	node := w.workers[0]
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		drop  string
+		works bool
+	}{
+		{"with the DaemonSet's capabilities it proves the capture", "", true},
+		{"without SYS_ADMIN it cannot enter the pods' namespaces", "SYS_ADMIN", false},
+		{"without SYS_PTRACE it works from the CRI's namespace mounts", "SYS_PTRACE", true},
+		{"without BPF it works: SYS_ADMIN covers bpf()", "BPF", true},
+		{"without PERFMON it works: SYS_ADMIN covers tracing", "PERFMON", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := w.ds.DeepCopy()
+			c := ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities
+			if tc.drop != "" {
+				if !slices.Contains(c.Add, corev1.Capability(tc.drop)) {
+					t.Fatalf("the DaemonSet does not add %s: %v", tc.drop, c.Add)
+				}
+				c.Add = slices.DeleteFunc(c.Add, func(x corev1.Capability) bool { return string(x) == tc.drop })
+			}
+			if err := w.admin.Delete(ctx, &ztv1.NodeCapture{ObjectMeta: metav1.ObjectMeta{Name: node}}); client.IgnoreNotFound(err) != nil {
+				t.Fatal(err)
+			}
+			dp := w.startAgents(t, ds)
+			timeout := 45 * time.Second
+			if !tc.works {
+				timeout = 20 * time.Second
+			}
+			why := ""
+			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+				var ok bool
+				ok, why = w.matches(ctx, node, fromRev)
+				return ok, nil
+			})
+			log, lerr := dp.AgentLog(node)
+			if lerr != nil {
+				t.Fatal(lerr)
+			}
+			refused := lastLines(grepLines(log, refusals), 3)
+			t.Logf("capabilities %v: proved %v (%s); refusals logged:\n%s", c.Add, err == nil, why, refused)
+			switch {
+			case tc.works && err != nil:
+				t.Errorf("the agent with %v did not prove the capture: %s", c.Add, why)
+			case tc.works && refused != "":
+				t.Errorf("the agent with %v was refused something", c.Add)
+			case !tc.works && err == nil:
+				t.Errorf("the agent with %v proved the capture: %s is not needed", c.Add, tc.drop)
+			case !tc.works && refused == "":
+				t.Errorf("the agent with %v failed without logging a refusal", c.Add)
+			}
+			if err := dp.Close(); err != nil {
+				t.Error(err)
 			}
 		})
 	}
