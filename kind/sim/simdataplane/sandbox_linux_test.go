@@ -50,16 +50,12 @@ func mountShared(t *testing.T, dir string) {
 	}
 }
 
-// TestSandboxHonoursTheDaemonSet runs a shell in the sandbox made from
-// deploy/agent/daemonset.yaml and checks from inside what the agent gets: exactly the
-// DaemonSet's capabilities (bounding, permitted, effective; none inheritable or
-// ambient), no_new_privs, root user, a read-only root filesystem (and /tmp, /proc,
-// the cgroup mount), a writable bpffs, and the namespaces' folder following mounts
-// the host makes after the start (HostToContainer). The host's own files stay
-// writable.
-func TestSandboxHonoursTheDaemonSet(t *testing.T) {
-	requireRoot(t)
-	ds := agentDaemonSet(t)
+// probeSandbox runs a shell in the sandbox made from ds on node-a, with a bpffs and a
+// shared namespaces' folder as the node's, mounts a tmpfs in that folder once the
+// shell runs (as a pod's namespace published later), and returns what the shell saw
+// (key → value) and its output.
+func probeSandbox(t *testing.T, ds *appsv1.DaemonSet) (map[string]string, string) {
+	t.Helper()
 	dir := t.TempDir()
 	bpf, netns := filepath.Join(dir, "bpf"), filepath.Join(dir, "netns")
 	for _, d := range []string{bpf, netns} {
@@ -80,15 +76,15 @@ func TestSandboxHonoursTheDaemonSet(t *testing.T) {
 	late := filepath.Join(netns, "late")
 	s.Args = []string{"-c", `
 grep -E '^(Uid|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status | tr -s ' \t' ' '
-echo "env NODE_NAME=$NODE_NAME"
-for f in /ztcanary-probe /tmp/ztcanary-probe /proc/ztcanary-probe ` + filepath.Join(dir, "probe") + `; do
-	( : > $f ) 2>/dev/null && echo "write $f ok" || echo "write $f refused"
+echo "env: $NODE_NAME"
+for f in /ztcanary-probe /tmp/ztcanary-probe ` + filepath.Join(dir, "probe") + `; do
+	( : > $f ) 2>/dev/null && echo "write $f: ok" || echo "write $f: refused"
 done
-mkdir /sys/fs/cgroup/ztcanary-probe 2>/dev/null && echo "mkdir cgroup ok" || echo "mkdir cgroup refused"
-mkdir /sys/fs/bpf/probe && echo "mkdir bpffs ok" || echo "mkdir bpffs refused"
+mkdir /sys/fs/cgroup/ztcanary-probe 2>/dev/null && echo "mkdir cgroup: ok" || echo "mkdir cgroup: refused"
+mkdir /sys/fs/bpf/probe && echo "mkdir bpffs: ok" || echo "mkdir bpffs: refused"
 i=0
-while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-[ -e /var/run/netns/late/marker ] && echo "propagation ok" || echo "propagation missing"
+while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 60 ]; do sleep 0.05; i=$((i+1)); done
+[ -e /var/run/netns/late/marker ] && echo "propagation: ok" || echo "propagation: missing"
 `}
 	var out bytes.Buffer
 	cmd, err := startSandboxed(s, &out, &out)
@@ -96,7 +92,6 @@ while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 100 ]; do sleep 0.05; i=$(
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	// A mount the host makes after the start, as a pod's namespace published later.
 	if err := os.Mkdir(late, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -120,32 +115,10 @@ while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 100 ]; do sleep 0.05; i=$(
 	got := map[string]string{}
 	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		k, v, _ := strings.Cut(l, ": ")
-		if strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "mkdir ") || strings.HasPrefix(l, "propagation ") || strings.HasPrefix(l, "env ") {
-			i := strings.LastIndex(l, " ")
-			k, v = l[:i], l[i+1:]
-		}
 		got[k] = strings.TrimSpace(v)
 	}
-	want, err := CapabilityMask(ds.Spec.Template.Spec.Containers[0].SecurityContext)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hex := fmt.Sprintf("%016x", want)
-	for k, v := range map[string]string{
-		"Uid": "0 0 0 0", "CapEff": hex, "CapPrm": hex, "CapBnd": hex, "CapInh": "0000000000000000", "CapAmb": "0000000000000000",
-		"NoNewPrivs": "1", "env": "NODE_NAME=node-a",
-		"write /ztcanary-probe": "refused", "write /tmp/ztcanary-probe": "refused", "write /proc/ztcanary-probe": "refused",
-		"write " + filepath.Join(dir, "probe"): "refused",
-		"mkdir cgroup":                         "refused", "mkdir bpffs": "ok", "propagation": "ok",
-	} {
-		if got[k] != v {
-			t.Errorf("%s: %q, want %q", k, got[k], v)
-		}
-	}
-	if t.Failed() {
-		t.Logf("sandbox output:\n%s", out.String())
-	}
-	// The host is untouched: its files stay writable, the probes were not written.
+	// The host is untouched: its files stay writable, the probes were not written,
+	// the bpffs folder written is the node's.
 	if err := os.WriteFile(filepath.Join(dir, "host-probe"), nil, 0o644); err != nil {
 		t.Errorf("the host's files are no longer writable: %v", err)
 	}
@@ -155,10 +128,62 @@ while [ ! -e /var/run/netns/late/marker ] && [ $i -lt 100 ]; do sleep 0.05; i=$(
 			os.Remove(p)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(bpf, "probe")); err != nil {
-		t.Errorf("the sandbox's bpffs folder is not the node's: %v", err)
+	if got["mkdir bpffs"] == "ok" {
+		if err := unix.Rmdir(filepath.Join(bpf, "probe")); err != nil {
+			t.Errorf("the sandbox's bpffs folder is not the node's: %v", err)
+		}
 	}
-	_ = unix.Rmdir(filepath.Join(bpf, "probe"))
+	got["write <host folder>"] = got["write "+filepath.Join(dir, "probe")]
+	return got, out.String()
+}
+
+// TestSandboxHonoursTheDaemonSet runs a shell in the sandbox made from
+// deploy/agent/daemonset.yaml and checks from inside what the agent gets: exactly the
+// DaemonSet's capabilities (bounding, permitted, effective; none inheritable or
+// ambient), no_new_privs, root user, its env, a read-only root filesystem (/tmp and
+// the cgroup mount too), a writable bpffs, and the namespaces' folder following
+// mounts the host makes after the start, because the manifest asks HostToContainer:
+// without it the agent would never see pods started after it.
+func TestSandboxHonoursTheDaemonSet(t *testing.T) {
+	requireRoot(t)
+	ds := agentDaemonSet(t)
+	want, err := CapabilityMask(ds.Spec.Template.Spec.Containers[0].SecurityContext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hex := fmt.Sprintf("%016x", want)
+	got, out := probeSandbox(t, ds)
+	for _, kv := range [][2]string{
+		{"Uid", "0 0 0 0"}, {"CapEff", hex}, {"CapPrm", hex}, {"CapBnd", hex},
+		{"CapInh", "0000000000000000"}, {"CapAmb", "0000000000000000"}, {"NoNewPrivs", "1"},
+		{"env", "node-a"},
+		{"write /ztcanary-probe", "refused"}, {"write /tmp/ztcanary-probe", "refused"}, {"write <host folder>", "refused"},
+		{"mkdir cgroup", "refused"}, {"mkdir bpffs", "ok"}, {"propagation", "ok"},
+	} {
+		if got[kv[0]] != kv[1] {
+			t.Errorf("%s: %q, want %q", kv[0], got[kv[0]], kv[1])
+		}
+	}
+	if t.Failed() {
+		t.Logf("sandbox output:\n%s", out)
+	}
+
+	t.Run("without HostToContainer later mounts stay out", func(t *testing.T) {
+		ds := ds.DeepCopy()
+		for i := range ds.Spec.Template.Spec.Containers[0].VolumeMounts {
+			ds.Spec.Template.Spec.Containers[0].VolumeMounts[i].MountPropagation = nil
+		}
+		if got, out := probeSandbox(t, ds); got["propagation"] != "missing" {
+			t.Errorf("propagation %q without HostToContainer, want missing:\n%s", got["propagation"], out)
+		}
+	})
+	t.Run("allowPrivilegeEscalation unset leaves no_new_privs off", func(t *testing.T) {
+		ds := ds.DeepCopy()
+		ds.Spec.Template.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation = nil
+		if got, out := probeSandbox(t, ds); got["NoNewPrivs"] != "0" {
+			t.Errorf("NoNewPrivs %q, want 0:\n%s", got["NoNewPrivs"], out)
+		}
+	})
 }
 
 // TestSandboxRefusesWhatItCannotSimulate: a DaemonSet the sandbox would run
