@@ -266,7 +266,7 @@ func TestSimAgentsRunAsDeployed(t *testing.T) {
 			}
 		}
 		node := w.workers[0]
-		out, err := dp.AgentExec(node, "/bin/sh", "-c", `: > /ztcanary-probe; : > /tmp/ztcanary-probe; mkdir /sys/fs/bpf/ztcanary-probe && rmdir /sys/fs/bpf/ztcanary-probe && echo bpffs writable; ls /sys/fs/bpf/ztcanary; grep CapEff /proc/self/status`)
+		out, err := dp.AgentExec(node, "/bin/sh", "-c", `(: > /ztcanary-probe); (: > /tmp/ztcanary-probe); mkdir /sys/fs/bpf/ztcanary-probe && rmdir /sys/fs/bpf/ztcanary-probe && echo bpffs writable; ls /sys/fs/bpf/ztcanary; grep CapEff /proc/self/status`)
 		t.Logf("in the agent's mount namespace:\n%s", out)
 		for _, want := range []string{"/ztcanary-probe: Read-only file system", "/tmp/ztcanary-probe: Read-only file system", "bpffs writable", "capture-v1", fmt.Sprintf("%016x", want)} {
 			if !strings.Contains(string(out), want) {
