@@ -464,7 +464,6 @@ func TestSimAgentCapabilities(t *testing.T) {
 	}{
 		{"with the DaemonSet's capabilities it proves the capture", "", true},
 		{"without SYS_ADMIN it cannot enter the pods' namespaces", "SYS_ADMIN", false},
-		{"without SYS_PTRACE it works from the CRI's namespace mounts", "SYS_PTRACE", true},
 		{"without BPF it works: SYS_ADMIN covers bpf()", "BPF", true},
 		{"without PERFMON it works: SYS_ADMIN covers tracing", "PERFMON", true},
 	} {
