@@ -147,8 +147,10 @@ func (w *agentWorld) waitMatch(t *testing.T, node, rev string, timeout time.Dura
 	t.Helper()
 	why := ""
 	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		var ok bool
-		ok, why = w.matches(ctx, node, rev)
+		ok, now := w.matches(ctx, node, rev)
+		if ctx.Err() == nil {
+			why = now // not the deadline's own error
+		}
 		return ok, nil
 	})
 	if err != nil {
@@ -486,8 +488,10 @@ func TestSimAgentCapabilities(t *testing.T) {
 			}
 			why := ""
 			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-				var ok bool
-				ok, why = w.matches(ctx, node, fromRev)
+				ok, now := w.matches(ctx, node, fromRev)
+				if ctx.Err() == nil {
+					why = now // not the deadline's own error
+				}
 				return ok, nil
 			})
 			log, lerr := dp.AgentLog(node)
