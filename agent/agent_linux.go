@@ -50,11 +50,13 @@ func New(log *zap.Logger, c client.Client, probe *Probe, m *Metrics, opts Option
 		}
 		opts.Cgroup2Root = root
 	}
-	return &Agent{
+	a := &Agent{
 		log: log.Named("agent").With(zap.String("node", opts.Node)), c: c, probe: probe, opts: opts, metrics: m,
 		resolver: NetnsResolver{Dirs: opts.NetnsDirs, ProcRoot: opts.ProcRoot},
 		scanned:  map[uint64]bool{}, tgidCache: map[uint32]string{},
-	}, nil
+	}
+	a.resolver.Refused = func(path string, err error) { a.fail("netns", fmt.Errorf("network namespace %s: %w", path, err)) }
+	return a, nil
 }
 
 // Run loops until ctx ends: sync with the API every SyncInterval, read the maps every

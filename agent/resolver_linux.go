@@ -26,8 +26,13 @@ type NetnsResolver struct {
 	Dirs []string
 	// ProcRoot, if set, is also searched: /proc/<pid>/ns/net of every process.
 	ProcRoot string
+	// Refused, if set, hears once about each listed namespace the process may not open
+	// or enter (a missing capability), whose pods would otherwise stay unresolved in
+	// silence.
+	Refused func(path string, err error)
 
-	known map[nsID]*Netns
+	known   map[nsID]*Netns
+	refused map[nsID]bool
 }
 
 type nsID struct{ dev, ino uint64 }
@@ -115,6 +120,11 @@ func (r *NetnsResolver) Refresh() ([]*Netns, error) {
 			delete(r.known, id)
 		}
 	}
+	for id := range r.refused {
+		if _, ok := paths[id]; !ok {
+			delete(r.refused, id)
+		}
+	}
 	var fresh []*Netns
 	for id, p := range paths {
 		if n, ok := r.known[id]; ok {
@@ -123,7 +133,14 @@ func (r *NetnsResolver) Refresh() ([]*Netns, error) {
 		}
 		n, err := readNetns(p)
 		if err != nil {
-			continue // gone meanwhile, or not a network namespace
+			if errors.Is(err, os.ErrPermission) && r.Refused != nil && !r.refused[id] {
+				if r.refused == nil {
+					r.refused = map[nsID]bool{}
+				}
+				r.refused[id] = true
+				r.Refused(p, err)
+			}
+			continue // refused, gone meanwhile, or not a network namespace
 		}
 		r.known[id] = n
 		fresh = append(fresh, n)

@@ -421,22 +421,7 @@ func TestSimOrchestratorRunsWithItsRBAC(t *testing.T) {
 		t.Fatalf("the orchestrator's account may delete a namespace (err %v): impersonation is not in effect", err)
 	}
 
-	var d appsv1.Deployment
-	typed(t, find(t, objs, "Deployment", "ztcanary-orchestrator"), &d)
-	metricsPort, healthPort := freePort(t), freePort(t)
-	var args []string
-	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
-		switch {
-		case strings.HasPrefix(a, "--metrics-bind-address="):
-			a = fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort)
-		case strings.HasPrefix(a, "--health-probe-bind-address="):
-			a = fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", healthPort)
-		}
-		args = append(args, a)
-	}
-	// In a pod the namespace comes from the ServiceAccount's mount.
-	args = append(args, "--kubeconfig="+kubeconfig, "--leader-election-namespace="+namespace)
-	logs := startOrchestrator(t, args...)
+	logs, metricsPort, healthPort := startOrchestratorAsDeployed(t, objs, kubeconfig)
 
 	for _, path := range []string{"/healthz", "/readyz"} {
 		url := fmt.Sprintf("http://127.0.0.1:%d%s", healthPort, path)
@@ -543,6 +528,29 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// startOrchestratorAsDeployed runs the orchestrator with the arguments of deploy/'s
+// Deployment, its addresses moved to free loopback ports, as the account of
+// kubeconfig. It returns its logs so far and its metrics and health ports.
+func startOrchestratorAsDeployed(t *testing.T, objs []*unstructured.Unstructured, kubeconfig string) (logs func() string, metricsPort, healthPort int) {
+	t.Helper()
+	var d appsv1.Deployment
+	typed(t, find(t, objs, "Deployment", "ztcanary-orchestrator"), &d)
+	metricsPort, healthPort = freePort(t), freePort(t)
+	var args []string
+	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+		switch {
+		case strings.HasPrefix(a, "--metrics-bind-address="):
+			a = fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort)
+		case strings.HasPrefix(a, "--health-probe-bind-address="):
+			a = fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", healthPort)
+		}
+		args = append(args, a)
+	}
+	// In a pod the namespace comes from the ServiceAccount's mount.
+	args = append(args, "--kubeconfig="+kubeconfig, "--leader-election-namespace="+namespace)
+	return startOrchestrator(t, args...), metricsPort, healthPort
 }
 
 // startOrchestrator builds and runs the orchestrator; it is killed by PID when the

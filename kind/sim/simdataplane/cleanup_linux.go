@@ -92,6 +92,7 @@ type state struct {
 	Root       string    `json:"root"`
 	RemoveRoot bool      `json:"removeRoot"`
 	Netns      string    `json:"netns"`
+	NetnsMount bool      `json:"netnsMount,omitempty"` // Netns is a shared bind mount of itself
 	BPF        string    `json:"bpf,omitempty"`
 	Cgroup     string    `json:"cgroup"`
 	Processes  []process `json:"processes,omitempty"` // the agents (stand-ins live in Cgroup)
@@ -105,8 +106,10 @@ type process struct {
 func (d dirs) log(name string) string { return filepath.Join(d.logs, name+".log") }
 
 // makeDirs creates the folders, the cgroup subtree and (for agents) the bpffs mount,
-// recording them in the state file first.
-func makeDirs(root string, agents bool) (d dirs, err error) {
+// recording them in the state file first. With sandboxed agents the namespaces'
+// folder becomes a shared mount (a bind of itself), so that the namespaces published
+// after an agent started propagate into its mount namespace (HostToContainer).
+func makeDirs(root string, agents, sandboxed bool) (d dirs, err error) {
 	cg2, err := findCgroup2Root()
 	if err != nil {
 		return d, fmt.Errorf("simdataplane: %w", err)
@@ -142,7 +145,7 @@ func makeDirs(root string, agents bool) (d dirs, err error) {
 	if err != nil {
 		return d, fmt.Errorf("simdataplane: %w", err)
 	}
-	d.state = state{Owner: os.Getpid(), OwnerStart: start, Root: root, RemoveRoot: d.own, Netns: d.netns, BPF: d.bpf, Cgroup: d.cgroup}
+	d.state = state{Owner: os.Getpid(), OwnerStart: start, Root: root, RemoveRoot: d.own, Netns: d.netns, NetnsMount: sandboxed, BPF: d.bpf, Cgroup: d.cgroup}
 	if err := d.writeState(nil); err != nil {
 		return d, err
 	}
@@ -154,6 +157,14 @@ func makeDirs(root string, agents bool) (d dirs, err error) {
 	for _, p := range []string{d.netns, d.logs, d.cgroup} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return d, fmt.Errorf("simdataplane: %w", err)
+		}
+	}
+	if sandboxed {
+		if err := unix.Mount(d.netns, d.netns, "", unix.MS_BIND, ""); err != nil {
+			return d, fmt.Errorf("simdataplane: bind %s on itself: %w", d.netns, err)
+		}
+		if err := unix.Mount("", d.netns, "", unix.MS_SHARED, ""); err != nil {
+			return d, fmt.Errorf("simdataplane: make %s a shared mount: %w", d.netns, err)
 		}
 	}
 	if d.bpf != "" {
@@ -267,6 +278,12 @@ func teardown(st state, log *zap.Logger) error {
 		}
 		for _, e := range ents {
 			errs = append(errs, unpublish(filepath.Join(st.Netns, e.Name())))
+		}
+		if st.NetnsMount {
+			err := unix.Unmount(st.Netns, unix.MNT_DETACH)
+			if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", st.Netns, err))
+			}
 		}
 	}
 	bpfMounted := false

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	appsv1 "k8s.io/api/apps/v1"
 )
 
 // Config shapes a DataPlane. Only Kubeconfig is required.
@@ -37,6 +38,20 @@ type Config struct {
 	AgentSyncInterval, AgentMinWriteInterval, AgentResyncInterval time.Duration
 	// AgentArgs are more flags for every agent.
 	AgentArgs []string
+	// AgentDaemonSet, when set, runs every agent as this DaemonSet's container would
+	// run on its node (deploy/agent/daemonset.yaml, so that tests prove the manifest):
+	// as the DaemonSet's ServiceAccount (through a kubeconfig that impersonates it,
+	// AgentKubeconfig), with the container's args and env, its user, only its
+	// capabilities, no_new_privs when allowPrivilegeEscalation is false, and, with
+	// readOnlyRootFilesystem, in a mount namespace where everything is read-only but
+	// its writable volume mounts. Its hostPath volumes are the simulated node's: /sys/fs/bpf
+	// a bpffs of the node's own, /var/run/netns the data plane's namespaces, any other
+	// path this host's. The sandbox shares the host's network namespace (the simulated
+	// API server listens on loopback) and cgroup namespace; seccomp and AppArmor
+	// profiles are not applied. Only the simulation's flags are added to the
+	// container's args: --kubeconfig, --metrics-bind-address=0 (the agents share a
+	// network namespace), the three intervals above, and AgentArgs.
+	AgentDaemonSet *appsv1.DaemonSet
 	// Log receives the data plane's events (default: none).
 	Log *zap.Logger
 }
@@ -91,6 +106,9 @@ func (c Config) validate(nodes []string) error {
 			return errors.New("simdataplane: Config.Ports holds port 0")
 		}
 	}
+	if c.AgentDaemonSet != nil && c.AgentBinary == "" {
+		return errors.New("simdataplane: Config.AgentDaemonSet is set without Config.AgentBinary: give the agent binary to run as the DaemonSet says")
+	}
 	if c.Drain < 0 {
 		return fmt.Errorf("simdataplane: Config.Drain %s is negative", c.Drain)
 	}
@@ -111,6 +129,8 @@ type NodeState struct {
 	Ztunnels []ZtunnelState
 	// AgentPID is the node's agent process (0: none).
 	AgentPID int
+	// AgentSandboxed: the agent runs as Config.AgentDaemonSet says.
+	AgentSandboxed bool
 }
 
 // PodState is an ambient pod's network namespace.

@@ -50,6 +50,9 @@ type DataPlane struct {
 	pods    listersv1.PodLister
 	nss     listersv1.NamespaceLister
 
+	// agentKubeconfig impersonates the agents' ServiceAccount (with AgentDaemonSet).
+	agentKubeconfig string
+
 	mu       sync.Mutex // guards nodes, seq, failures and lastErr
 	seq      int
 	failures []error // processes that exited on their own
@@ -125,7 +128,7 @@ func Start(ctx context.Context, cfg Config, nodes []string) (_ *DataPlane, err e
 	for _, n := range nodes {
 		d.nodes[n] = &node{name: n, pods: map[string]*podNetns{}, ztunnels: map[string]*ztunnel{}}
 	}
-	if d.dirs, err = makeDirs(cfg.Dir, cfg.AgentBinary != ""); err != nil {
+	if d.dirs, err = makeDirs(cfg.Dir, cfg.AgentBinary != "", cfg.AgentDaemonSet != nil); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -133,6 +136,11 @@ func Start(ctx context.Context, cfg Config, nodes []string) (_ *DataPlane, err e
 			err = errors.Join(err, d.Close())
 		}
 	}()
+	if cfg.AgentDaemonSet != nil {
+		if d.agentKubeconfig, err = writeImpersonating(cfg.Kubeconfig, cfg.AgentDaemonSet, d.dirs.root); err != nil {
+			return d, err
+		}
+	}
 
 	lctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
@@ -471,6 +479,7 @@ func (d *DataPlane) State() State {
 		ns := NodeState{Name: name}
 		if n.agent != nil {
 			ns.AgentPID = n.agent.cmd.Process.Pid
+			ns.AgentSandboxed = n.agent.sandbox != nil
 		}
 		for _, p := range n.sortedPods() {
 			ns.Pods = append(ns.Pods, PodState{Namespace: p.namespace, Name: p.name, UID: p.uid, IPs: slices.Clone(p.ips), Netns: p.path})

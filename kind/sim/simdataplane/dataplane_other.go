@@ -33,3 +33,9 @@ func (*DataPlane) AgentLog(string) (string, error) { return "", ErrUnsupported }
 
 // Close does nothing.
 func (*DataPlane) Close() error { return nil }
+
+// AgentKubeconfig returns "".
+func (*DataPlane) AgentKubeconfig() string { return "" }
+
+// AgentExec returns ErrUnsupported.
+func (*DataPlane) AgentExec(string, ...string) ([]byte, error) { return nil, ErrUnsupported }

@@ -33,6 +33,16 @@
 // places on its node (it lists pods by spec.nodeName and maps their IPs to network
 // namespaces), so the NodeCaptures stay per node.
 //
+// With Config.AgentDaemonSet (deploy/agent/daemonset.yaml) each agent runs as that
+// DaemonSet's container would on a node (sandbox.go): as its ServiceAccount, through a
+// kubeconfig that impersonates it; with the container's args and env; with only its
+// capabilities and no_new_privs; in a mount namespace of its own where the hostPath
+// volumes are mounted (the node's bpffs, the data plane's namespaces, propagated
+// HostToContainer) and, with readOnlyRootFilesystem, everything else is read-only.
+// AgentExec runs a command in that mount namespace with the same privileges, as
+// `kubectl exec` would. A sandbox helper (this binary again, as for the stand-ins)
+// sets it up and execs the agent, which keeps its PID.
+//
 // The stand-in ztunnel is the calling binary itself, re-executed: this package's init
 // runs the stand-in when the process starts with the stand-in's environment, so any
 // program or test binary that imports simdataplane can start a DataPlane.
