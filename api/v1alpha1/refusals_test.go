@@ -1,0 +1,312 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/kind/sim"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/refusals-admission.md from what the API server answers")
+
+// refusalsFile is the golden table of every input the API server refuses.
+var refusalsFile = filepath.Join("..", "..", "docs", "refusals-admission.md")
+
+// refusalCase is one input the API server must refuse. submit sends it and returns
+// the API server's answer; it reports (with t.Errorf) anything the refused request
+// changed anyway.
+type refusalCase struct {
+	name   string // the input, as the table says it; the subtest adds "is refused"
+	submit func(t *testing.T, c client.Client) error
+	want   string // a part of the message the user must see
+}
+
+// refusalRow is one line of the table.
+type refusalRow struct {
+	input, layer, field, message string
+}
+
+// runRefusals sends every case to the API server, checks that it is refused as
+// Invalid with the wanted message, and returns the table's rows in the cases' order.
+func runRefusals(t *testing.T, c client.Client, cases []refusalCase, rules []celRule) []refusalRow {
+	var rows []refusalRow
+	for _, tc := range cases {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			err := tc.submit(t, c)
+			var se *apierrors.StatusError
+			if !apierrors.IsInvalid(err) || !errors.As(err, &se) {
+				t.Fatalf("err = %v, want Invalid", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("message does not say %q:\n%v", tc.want, err)
+			}
+			rows = append(rows, refusalRow{input: tc.name, layer: admissionLayer(err.Error(), rules), field: causeFields(se), message: err.Error()})
+		})
+	}
+	return rows
+}
+
+// admissionLayer says whether a CEL rule (x-kubernetes-validations) or the OpenAPI
+// schema refused the input.
+func admissionLayer(msg string, rules []celRule) string {
+	for _, r := range rules {
+		if strings.Contains(msg, r.message) {
+			return "admission: CEL rule"
+		}
+	}
+	return "admission: schema"
+}
+
+func causeFields(se *apierrors.StatusError) string {
+	var fields []string
+	if d := se.ErrStatus.Details; d != nil {
+		for _, c := range d.Causes {
+			if !slices.Contains(fields, c.Field) {
+				fields = append(fields, c.Field)
+			}
+		}
+	}
+	return strings.Join(fields, ", ")
+}
+
+// celRule is one x-kubernetes-validations rule of a generated CRD.
+type celRule struct {
+	crd, path, rule, message string
+}
+
+// crdRules reads every CEL rule of the generated CRDs in deploy/crds.
+func crdRules(t *testing.T) []celRule {
+	t.Helper()
+	crds, err := sim.ReadCRDs(filepath.Join("..", "..", "deploy", "crds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []celRule
+	var walk func(crd, path string, s *apiextensionsv1.JSONSchemaProps)
+	walk = func(crd, path string, s *apiextensionsv1.JSONSchemaProps) {
+		for _, v := range s.XValidations {
+			out = append(out, celRule{crd: crd, path: path, rule: v.Rule, message: v.Message})
+		}
+		for _, k := range sortedKeys(s.Properties) {
+			p := s.Properties[k]
+			walk(crd, path+"."+k, &p)
+		}
+		if s.Items != nil && s.Items.Schema != nil {
+			walk(crd, path+"[*]", s.Items.Schema)
+		}
+		if s.AdditionalProperties != nil && s.AdditionalProperties.Schema != nil {
+			walk(crd, path+"{*}", s.AdditionalProperties.Schema)
+		}
+	}
+	for _, crd := range crds {
+		for _, v := range crd.Spec.Versions {
+			if v.Schema != nil && v.Schema.OpenAPIV3Schema != nil {
+				walk(crd.Spec.Names.Kind, "", v.Schema.OpenAPIV3Schema)
+			}
+		}
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// checkRuleCoverage fails for every CEL rule of the CRDs that no case triggered: a
+// new rule cannot be added without its row in the table.
+func checkRuleCoverage(t *testing.T, rules []celRule, rows []refusalRow) {
+	t.Helper()
+	if len(rules) == 0 {
+		t.Fatal("no CEL rule found in deploy/crds")
+	}
+	for _, r := range rules {
+		if r.message == "" {
+			t.Errorf("%s%s: rule %q has no message: give it one that names the field and the fix", r.crd, r.path, r.rule)
+			continue
+		}
+		covered := slices.ContainsFunc(rows, func(row refusalRow) bool { return strings.Contains(row.message, r.message) })
+		if !covered {
+			t.Errorf("%s%s: no refusal case triggers rule %q (message %q): add one to the table", r.crd, r.path, r.rule, r.message)
+		}
+	}
+}
+
+// cell escapes a table cell: pipes, and line breaks (none expected).
+func cell(s string) string {
+	s = strings.ReplaceAll(s, "|", `\|`)
+	return strings.ReplaceAll(s, "\n", "<br>")
+}
+
+// refusalsTable renders the rows as the markdown of docs/refusals-admission.md.
+func refusalsTable(rows []refusalRow, rules []celRule) string {
+	var b strings.Builder
+	b.WriteString("# Refused inputs: admission\n\n")
+	b.WriteString("<!-- Generated by `go test ./api/v1alpha1 -run TestAdmissionRefusesBadInputWithAClearMessage -update`; do not edit. -->\n\n")
+	b.WriteString("Every input the Kubernetes API server refuses when a RevisionUpgrade or a NodeCapture is\n")
+	b.WriteString("created or changed, by the OpenAPI schema or a CEL rule of the CRDs in `deploy/crds`,\n")
+	b.WriteString("with the message exactly as the API server returns it (what `kubectl apply` shows).\n")
+	b.WriteString("Nothing is stored. What only the cluster can judge is refused later by the orchestrator,\n")
+	b.WriteString("as the `Ready` condition: see [refusals-preflight.md](refusals-preflight.md).\n\n")
+	fmt.Fprintf(&b, "%d refused inputs; the CRDs hold %d CEL rules, each triggered by at least one of them.\n\n", len(rows), len(rules))
+	b.WriteString("| input | layer | field | message shown |\n")
+	b.WriteString("|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", cell(r.input), cell(r.layer), cell(r.field), cell(r.message))
+	}
+	return b.String()
+}
+
+// goldenFile compares got with path, or rewrites path under -update.
+func goldenFile(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read the golden file (go test -run %s -update writes it): %v", t.Name(), err)
+	}
+	if string(want) != got {
+		t.Errorf("%s differs from what the API server answers (go test -run '^%s$' -update rewrites it):\n%s", path, t.Name(), lineDiff(string(want), got))
+	}
+}
+
+// lineDiff lists the lines only in want (-) and only in got (+), in order.
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for _, l := range w {
+		if !slices.Contains(g, l) {
+			fmt.Fprintf(&b, "- %s\n", l)
+		}
+	}
+	for _, l := range g {
+		if !slices.Contains(w, l) {
+			fmt.Fprintf(&b, "+ %s\n", l)
+		}
+	}
+	if b.Len() == 0 {
+		return "(the same lines in another order)"
+	}
+	return b.String()
+}
+
+// created sends base() with one mistake as a new RevisionUpgrade named "bad", and
+// reports it if the API server stored it anyway.
+func created(base func() *ztv1.RevisionUpgrade, mutate func(*ztv1.RevisionUpgrade)) func(*testing.T, client.Client) error {
+	return func(t *testing.T, c client.Client) error {
+		ctx := context.Background()
+		u := base()
+		u.Name = "bad"
+		mutate(u)
+		err := c.Create(ctx, u)
+		if gerr := c.Get(ctx, client.ObjectKey{Name: u.Name}, &ztv1.RevisionUpgrade{}); !apierrors.IsNotFound(gerr) {
+			t.Errorf("refused object was stored (get: %v)", gerr)
+			_ = c.Delete(ctx, u)
+		}
+		return err
+	}
+}
+
+// changed creates base() as RevisionUpgrade "existing", then sends change of it
+// as an update, and reports it if the stored spec changed anyway.
+func changed(base func() *ztv1.RevisionUpgrade, change func(*ztv1.RevisionUpgrade)) func(*testing.T, client.Client) error {
+	return func(t *testing.T, c client.Client) error {
+		ctx := context.Background()
+		u := base()
+		u.Name = "existing"
+		if err := c.Create(ctx, u); err != nil {
+			t.Fatalf("create the valid upgrade: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Delete(ctx, u) })
+		stored := u.DeepCopy()
+		change(u)
+		err := c.Update(ctx, u)
+		got := &ztv1.RevisionUpgrade{}
+		if gerr := c.Get(ctx, client.ObjectKey{Name: u.Name}, got); gerr != nil {
+			t.Fatal(gerr)
+		}
+		if !equality.Semantic.DeepEqual(got.Spec, stored.Spec) {
+			t.Errorf("refused update changed the spec:\n%+v\nwas\n%+v", got.Spec, stored.Spec)
+		}
+		return err
+	}
+}
+
+// reported creates NodeCapture "ambient-worker" with a valid status, then sends
+// change of its status, and reports it if the stored status changed anyway.
+func reported(change func(*ztv1.NodeCaptureStatus)) func(*testing.T, client.Client) error {
+	return func(t *testing.T, c client.Client) error {
+		ctx := context.Background()
+		nc := &ztv1.NodeCapture{ObjectMeta: metav1.ObjectMeta{Name: "ambient-worker"}}
+		if err := c.Create(ctx, nc); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Delete(ctx, nc) })
+		nc.Status = ztv1.NodeCaptureStatus{NodeRevision: "1-18-1", Verdict: ztv1.VerdictMatch,
+			Pods: []ztv1.PodCapture{{Namespace: "bookinfo", Name: "reviews-v1", State: ztv1.CaptureSingle, CapturedBy: "1-18-1"}}}
+		if err := c.Status().Update(ctx, nc); err != nil {
+			t.Fatalf("valid status update: %v", err)
+		}
+		stored := nc.Status.DeepCopy()
+		change(&nc.Status)
+		err := c.Status().Update(ctx, nc)
+		got := &ztv1.NodeCapture{}
+		if gerr := c.Get(ctx, client.ObjectKey{Name: nc.Name}, got); gerr != nil {
+			t.Fatal(gerr)
+		}
+		if !equality.Semantic.DeepEqual(got.Status, *stored) {
+			t.Errorf("refused status update changed the status:\n%+v\nwas\n%+v", got.Status, *stored)
+		}
+		return err
+	}
+}
+
+// changeRefusals are refused changes of an existing RevisionUpgrade.
+func changeRefusals() []refusalCase {
+	return []refusalCase{
+		{"changing spec.from of an existing upgrade", changed(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.From = "1-17-0" }),
+			"spec.from cannot change once the upgrade exists"},
+		{"changing spec.to of an existing upgrade", changed(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-19-0" }),
+			"spec.to cannot change once the upgrade exists"},
+		{"changing spec.mode of an existing upgrade", changed(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Mode = ztv1.ModeAmbient
+			u.Spec.NamespaceSelector = nil
+			for i := range u.Spec.Steps {
+				u.Spec.Steps[i].Nodes, u.Spec.Steps[i].Namespaces = *u.Spec.Steps[i].Namespaces, nil
+			}
+		}), "spec.mode cannot change once the upgrade exists"},
+	}
+}
+
+// captureRefusals are refused NodeCapture reports (written by the node agents).
+func captureRefusals() []refusalCase {
+	return []refusalCase{
+		{"an unknown NodeCapture verdict", reported(func(s *ztv1.NodeCaptureStatus) { s.Verdict = "Great" }),
+			`status.verdict: Unsupported value: "Great"`},
+		{"an unknown pod capture state", reported(func(s *ztv1.NodeCaptureStatus) { s.Pods[0].State = "Half" }),
+			`status.pods[0].state: Unsupported value: "Half"`},
+	}
+}
