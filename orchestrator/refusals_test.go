@@ -357,14 +357,14 @@ func preflightRefusals() []preflightCase {
 		{name: "an unknown to revision (no istiod-<to>)", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0"; u.Spec.Workloads[1].Revision = "1-99-0" },
 			reason: "IstiodMissing", want: "spec.to: no istiod Deployment istio-system/istiod-1-99-0; install the 1-99-0 control plane first (helm install istiod-1-99-0 ... --set revision=1-99-0)"},
 		{name: "istiod of the to revision not Available", fakeWorld: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
-			reason: "IstiodNotReady", want: "istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas)"},
+			reason: "IstiodNotReady", want: "spec.to: istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas available); the upgrade starts once it is (kubectl -n istio-system describe deployment istiod-1-18-1 says what it waits for)"},
 		{name: "no ztunnel DaemonSet of the from revision", fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldFrom) },
 			reason: "ZtunnelMissing", want: "spec.from: no ztunnel DaemonSet of revision 1-18-0 in istio-system (pods labelled app=ztunnel, annotation istio.io/rev=1-18-0)"},
 		{name: "no ztunnel DaemonSet of the to revision", fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldTo) },
 			reason: "ZtunnelMissing", want: "spec.to: no ztunnel DaemonSet of revision 1-18-1 in istio-system; install the ztunnel chart with revision=1-18-1 and resourceName=ztunnel-1-18-1"},
 		{name: "the to ztunnel on the default ServiceAccount", fakeWorld: func(w *fakeWorld) *fakeWorld {
 			return edit(w, worldNS+"/ztunnel-"+worldTo, func(d *appsv1.DaemonSet) { d.Spec.Template.Spec.ServiceAccountName = "" })
-		}, reason: "ZtunnelServiceAccount", want: "ztunnel DaemonSet istio-system/ztunnel-1-18-1 runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it"},
+		}, reason: "ZtunnelServiceAccount", want: "spec.to: ztunnel DaemonSet istio-system/ztunnel-1-18-1 runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it"},
 		{name: "the to ztunnel's ServiceAccount missing", fakeWorld: func(w *fakeWorld) *fakeWorld {
 			w.objs = slices.DeleteFunc(w.objs, func(o client.Object) bool {
 				_, sa := o.(*corev1.ServiceAccount)
@@ -372,10 +372,10 @@ func preflightRefusals() []preflightCase {
 			})
 			return w
 		},
-			reason: "ZtunnelServiceAccount", want: "ztunnel DaemonSet istio-system/ztunnel-1-18-1 uses ServiceAccount ztunnel-1-18-1, which does not exist"},
+			reason: "ZtunnelServiceAccount", want: "spec.to: ztunnel DaemonSet istio-system/ztunnel-1-18-1 uses ServiceAccount ztunnel-1-18-1, which does not exist; create it (the ztunnel chart does) or fix the DaemonSet's serviceAccountName"},
 		{name: "istiod not trusting the to ztunnel's ServiceAccount", fakeWorld: func(w *fakeWorld) *fakeWorld {
 			return edit(w, worldNS+"/istiod-"+worldTo, func(d *appsv1.Deployment) { d.Spec.Template.Spec.Containers[0].Env[0].Value = worldNS + "/ztunnel" })
-		}, reason: "ZtunnelNotTrusted", want: "istiod istio-system/istiod-1-18-1 does not trust ServiceAccount istio-system/ztunnel-1-18-1 (CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel): the 1-18-1 ztunnel would get no certificate; add it to CA_TRUSTED_NODE_ACCOUNTS"},
+		}, reason: "ZtunnelNotTrusted", want: "spec.to: istiod istio-system/istiod-1-18-1 does not trust ServiceAccount istio-system/ztunnel-1-18-1 (CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel): the 1-18-1 ztunnel would get no certificate; add it to CA_TRUSTED_NODE_ACCOUNTS"},
 		{name: "a workload namespace that does not exist", spec: func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Workloads = append(u.Spec.Workloads, ztv1.WorkloadPin{Namespace: "nope", Revision: worldTo})
 		}, reason: "WorkloadsMissing", want: "spec.workloads[2].namespace: namespace nope does not exist"},
@@ -407,7 +407,7 @@ func preflightRefusals() []preflightCase {
 		}, reason: "InvalidSpec", want: "spec.analysis.trafficTest.canaryBodyRegex: \"reviews-(v2\" is not a valid regular expression (Go RE2 syntax): error parsing regexp: missing closing ): `reviews-(v2`"},
 		// Ambient: the HTTPRoute.
 		{name: "an HTTPRoute that does not exist", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.Route.HTTPRoute.Name = "nope" },
-			reason: "RouteMissing", want: "spec.route: route not usable: httproute bookinfo-1-18-0/nope not found"},
+			reason: "RouteMissing", want: "spec.route.httpRoute: route not usable: httproute bookinfo-1-18-0/nope not found; create it, or name the route to shift"},
 		{name: "a canary Service that does not exist", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Canary.Name = "nope" },
 			reason: "BackendMissing", want: "spec.route.canary: Service bookinfo-1-18-1/nope does not exist"},
 		{name: "a stable Service that does not exist", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Stable.Name = "nope" },
@@ -420,7 +420,7 @@ func preflightRefusals() []preflightCase {
 			reason: "RouteUnsupported", want: "spec.route: this orchestrator was started without route support"},
 		// Ambient: the VirtualService.
 		{name: "a VirtualService that does not exist", spec: viaVirtualService(func(u *ztv1.RevisionUpgrade) { u.Spec.Route.VirtualService.Name = "nope" }),
-			reason: "RouteMissing", want: "spec.route: route not usable: virtualservice shop/nope not found"},
+			reason: "RouteMissing", want: "spec.route.virtualService: route not usable: virtualservice shop/nope not found; create it, or name the route to shift"},
 		{name: "a DestinationRule that does not exist", spec: viaVirtualService(func(u *ztv1.RevisionUpgrade) { u.Spec.Route.VirtualService.DestinationRule = "nope" }),
 			reason: "BackendUnusable", want: "spec.route: backend not usable: destinationrule shop/nope not found"},
 		{name: "a subset the DestinationRule does not define", spec: viaVirtualService(func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Canary.Subset = "v3" }),
@@ -437,7 +437,7 @@ func preflightRefusals() []preflightCase {
 		{name: "Sidecar: an unknown to revision (no istiod-<to>)", spec: sidecar(func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0" }),
 			reason: "IstiodMissing", want: "spec.to: no istiod Deployment istio-system/istiod-1-99-0: revision 1-99-0 is not installed (helm install istiod-1-99-0 istio/istiod -n istio-system --set revision=1-99-0)"},
 		{name: "Sidecar: istiod of the to revision not Available", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
-			reason: "IstiodNotReady", want: "istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas)"},
+			reason: "IstiodNotReady", want: "spec.to: istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas available); the upgrade starts once it is (kubectl -n istio-system describe deployment istiod-1-18-1 says what it waits for)"},
 		{name: "Sidecar: no injector of the to revision", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without("istio-sidecar-injector-" + worldTo) },
 			reason: "InjectorMissing", want: "spec.to: no sidecar injector of revision 1-18-1"},
 		{name: "Sidecar: no injector of the from revision", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
@@ -450,21 +450,21 @@ func preflightRefusals() []preflightCase {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near", Values: []string{"a"}}}}
 		}), reason: "InvalidSpec", want: `spec.namespaceSelector: "Near" is not a valid label selector operator`},
 		{name: "Sidecar: no namespace enrolled in the from injector", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without("shop", "cart") },
-			reason: "NoNamespaces", want: "no namespace is enrolled in the 1-18-0 injector (labelled istio.io/rev=1-18-0, or istio-injection=enabled where 1-18-0 serves the default injection); label them, or set spec.namespaceSelector"},
+			reason: "NoNamespaces", want: "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the 1-18-0 injector, and there are none (labelled istio.io/rev=1-18-0, or istio-injection=enabled where 1-18-0 serves the default injection); label them, or set spec.namespaceSelector"},
 		{name: "Sidecar: a namespace with injection disabled", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "off"}}
-		}), reason: "InjectionDisabled", want: "namespace off has istio-injection=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector"},
+		}), reason: "InjectionDisabled", want: "spec.namespaceSelector: namespace off has istio-injection=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector"},
 		{name: "Sidecar: a to injector that would not select the relabelled namespace", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
 			w.without("istio-sidecar-injector-" + worldTo)
 			w.objs = append(w.objs, chartInjector(worldTo, "canary")) // selects istio.io/rev=canary only
 			return w
-		}, reason: "InjectorSelectorMismatch", want: "namespace cart, relabelled istio.io/rev=1-18-1 without istio-injection, would not be selected by any webhook of the 1-18-1 injector (istio-revision-tag-canary): its pods would get no proxy"},
+		}, reason: "InjectorSelectorMismatch", want: "spec.to: namespace cart, relabelled istio.io/rev=1-18-1 without istio-injection, would not be selected by any webhook of the 1-18-1 injector (istio-revision-tag-canary): its pods would get no proxy; make one of its webhooks select istio.io/rev=1-18-1, or leave the namespace out of spec.namespaceSelector"},
 		{name: "Sidecar: a second injector selecting the relabelled namespace", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
 			rogue := chartInjector("1-17-0", "")
 			rogue.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{revisionKey: worldTo}}
 			w.objs = append(w.objs, rogue)
 			return w
-		}, reason: "InjectorConflict", want: "namespace cart, relabelled istio.io/rev=1-18-1, would also be selected by istio-sidecar-injector-1-17-0/rev.namespace.sidecar-injector.istio.io (revision 1-17-0): two injectors would mutate its pods; fix that webhook's namespaceSelector"},
+		}, reason: "InjectorConflict", want: "spec.to: namespace cart, relabelled istio.io/rev=1-18-1, would also be selected by istio-sidecar-injector-1-17-0/rev.namespace.sidecar-injector.istio.io (revision 1-17-0): two injectors would mutate its pods; fix that webhook's namespaceSelector"},
 		{name: "Sidecar: namespace percentages that decrease against counts", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps = []ztv1.Step{{Namespaces: ptr.To(intstr.FromInt32(2))}, {Namespaces: ptr.To(intstr.FromString("10%"))}, {Namespaces: ptr.To(intstr.FromString("100%"))}}
 		}), reason: "InvalidSpec", want: "spec.steps[1].namespaces: 10% is 1 of 2 namespaces, fewer than the 2 of the step before; namespace counts must never decrease"},
@@ -540,6 +540,42 @@ func TestPreflightRefusesBadInputAndChangesNothing(t *testing.T) {
 			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s |", cell(tc.name), cell("status: Ready=False, reason "+c.Reason), cell(messageField(c.Message)), cell(c.Message)))
 		})
 	}
+	t.Run("the valid upgrades start, and their writes are seen", func(t *testing.T) {
+		for _, spec := range []func(*ztv1.RevisionUpgrade){nil, vsUpgrade, sidecarMode} {
+			rf := refusalWorld().refuser(t, "all")
+			u := ambientUpgrade()
+			if spec != nil {
+				spec(u)
+			}
+			ctx := context.Background()
+			if err := rf.c.Create(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+			before := versions(t, rf.c)
+			for i := 0; i < 6 && len(rf.writes.list) == 0; i++ {
+				if _, err := rf.r.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKey{Name: u.Name}}); err != nil {
+					t.Fatalf("reconcile: %v", err)
+				}
+			}
+			got := &ztv1.RevisionUpgrade{}
+			if err := rf.c.Get(ctx, client.ObjectKey{Name: u.Name}, got); err != nil {
+				t.Fatal(err)
+			}
+			if c := meta.FindStatusCondition(got.Status.Conditions, ztv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+				t.Fatalf("%s upgrade: Ready = %+v, want True", got.Spec.Mode, c)
+			}
+			after := versions(t, rf.c)
+			changed := 0
+			for k, v := range before {
+				if after[k] != v {
+					changed++
+				}
+			}
+			if len(rf.writes.list) == 0 || changed == 0 {
+				t.Errorf("%s upgrade: %d writes seen, %d objects changed; want some of both once it runs (status: %s)", got.Spec.Mode, len(rf.writes.list), changed, got.Status.Message)
+			}
+		}
+	})
 	if len(rows) != len(cases) {
 		return // a case failed or was not run (-run): the table would be partial
 	}
