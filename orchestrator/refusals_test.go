@@ -178,7 +178,7 @@ func (wr *writes) reactor(clientset string) k8stesting.ReactionFunc {
 	}
 }
 
-// refuser is the orchestrator over the fakeWorld, with its writes recorded.
+// refuser is the orchestrator over the world, with its writes recorded.
 type refuser struct {
 	r      *Reconciler
 	c      client.Client
@@ -271,15 +271,15 @@ func versions(t *testing.T, c client.Client) map[string]string {
 
 // preflightCase is one upgrade the orchestrator must refuse after admission.
 type preflightCase struct {
-	name      string                      // the input, as the table says it
-	fakeWorld func(*fakeWorld) *fakeWorld // the cluster (nil: the seed fakeWorld as is)
-	spec      func(*ztv1.RevisionUpgrade) // the mistake in the upgrade
-	routes    string                      // the routers: "all" (default), "httproute" (no Istio client), "none"
-	reason    string
-	want      string // the whole message, when it holds no variable part; else a part of it
+	name   string                      // the input, as the table says it
+	world  func(*fakeWorld) *fakeWorld // the cluster (nil: the seed world as is)
+	spec   func(*ztv1.RevisionUpgrade) // the mistake in the upgrade
+	routes string                      // the routers: "all" (default), "httproute" (no Istio client), "none"
+	reason string
+	want   string // the whole message, when it holds no variable part; else a part of it
 }
 
-// ambientUpgrade is a valid Ambient upgrade of the fakeWorld: the seed flow with the
+// ambientUpgrade is a valid Ambient upgrade of the world: the seed flow with the
 // HTTPRoute.
 func ambientUpgrade() *ztv1.RevisionUpgrade {
 	return &ztv1.RevisionUpgrade{
@@ -312,7 +312,7 @@ func vsUpgrade(u *ztv1.RevisionUpgrade) {
 	}
 }
 
-// sidecarMode makes ambientUpgrade a valid Sidecar upgrade of the fakeWorld: the
+// sidecarMode makes ambientUpgrade a valid Sidecar upgrade of the world: the
 // namespaces from's injector enrols (cart, shop), one then all.
 func sidecarMode(u *ztv1.RevisionUpgrade) {
 	u.Spec.Mode = ztv1.ModeSidecar
@@ -356,16 +356,16 @@ func preflightRefusals() []preflightCase {
 		// Ambient: the revisions and the ztunnels.
 		{name: "an unknown to revision (no istiod-<to>)", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0"; u.Spec.Workloads[1].Revision = "1-99-0" },
 			reason: "IstiodMissing", want: "spec.to: no istiod Deployment istio-system/istiod-1-99-0; install the 1-99-0 control plane first (helm install istiod-1-99-0 ... --set revision=1-99-0)"},
-		{name: "istiod of the to revision not Available", fakeWorld: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
+		{name: "istiod of the to revision not Available", world: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
 			reason: "IstiodNotReady", want: "spec.to: istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas available); the upgrade starts once it is (kubectl -n istio-system describe deployment istiod-1-18-1 says what it waits for)"},
-		{name: "no ztunnel DaemonSet of the from revision", fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldFrom) },
+		{name: "no ztunnel DaemonSet of the from revision", world: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldFrom) },
 			reason: "ZtunnelMissing", want: "spec.from: no ztunnel DaemonSet of revision 1-18-0 in istio-system (pods labelled app=ztunnel, annotation istio.io/rev=1-18-0)"},
-		{name: "no ztunnel DaemonSet of the to revision", fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldTo) },
+		{name: "no ztunnel DaemonSet of the to revision", world: func(w *fakeWorld) *fakeWorld { return w.without(worldNS + "/ztunnel-" + worldTo) },
 			reason: "ZtunnelMissing", want: "spec.to: no ztunnel DaemonSet of revision 1-18-1 in istio-system; install the ztunnel chart with revision=1-18-1 and resourceName=ztunnel-1-18-1"},
-		{name: "the to ztunnel on the default ServiceAccount", fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "the to ztunnel on the default ServiceAccount", world: func(w *fakeWorld) *fakeWorld {
 			return edit(w, worldNS+"/ztunnel-"+worldTo, func(d *appsv1.DaemonSet) { d.Spec.Template.Spec.ServiceAccountName = "" })
 		}, reason: "ZtunnelServiceAccount", want: "spec.to: ztunnel DaemonSet istio-system/ztunnel-1-18-1 runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it"},
-		{name: "the to ztunnel's ServiceAccount missing", fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "the to ztunnel's ServiceAccount missing", world: func(w *fakeWorld) *fakeWorld {
 			w.objs = slices.DeleteFunc(w.objs, func(o client.Object) bool {
 				_, sa := o.(*corev1.ServiceAccount)
 				return sa && o.GetName() == "ztunnel-"+worldTo
@@ -373,7 +373,7 @@ func preflightRefusals() []preflightCase {
 			return w
 		},
 			reason: "ZtunnelServiceAccount", want: "spec.to: ztunnel DaemonSet istio-system/ztunnel-1-18-1 uses ServiceAccount ztunnel-1-18-1, which does not exist; create it (the ztunnel chart does) or fix the DaemonSet's serviceAccountName"},
-		{name: "istiod not trusting the to ztunnel's ServiceAccount", fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "istiod not trusting the to ztunnel's ServiceAccount", world: func(w *fakeWorld) *fakeWorld {
 			return edit(w, worldNS+"/istiod-"+worldTo, func(d *appsv1.Deployment) { d.Spec.Template.Spec.Containers[0].Env[0].Value = worldNS + "/ztunnel" })
 		}, reason: "ZtunnelNotTrusted", want: "spec.to: istiod istio-system/istiod-1-18-1 does not trust ServiceAccount istio-system/ztunnel-1-18-1 (CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel): the 1-18-1 ztunnel would get no certificate; add it to CA_TRUSTED_NODE_ACCOUNTS"},
 		{name: "a workload namespace that does not exist", spec: func(u *ztv1.RevisionUpgrade) {
@@ -414,7 +414,7 @@ func preflightRefusals() []preflightCase {
 			reason: "BackendMissing", want: "spec.route.stable: Service bookinfo-1-18-0/nope does not exist"},
 		{name: "a backend port the Service does not have", spec: func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Canary.Port = 8080 },
 			reason: "BackendUnusable", want: "spec.route: backend not usable: canary backend service bookinfo-1-18-1/reviews has no TCP port 8080"},
-		{name: "a canary in another namespace without a ReferenceGrant", fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without(appsTo + "/reviews-from-stable") },
+		{name: "a canary in another namespace without a ReferenceGrant", world: func(w *fakeWorld) *fakeWorld { return w.without(appsTo + "/reviews-from-stable") },
 			reason: "ReferenceNotPermitted", want: "spec.route: cross-namespace reference not permitted: httproutes in namespace bookinfo-1-18-0 may not send to service bookinfo-1-18-1/reviews: create a ReferenceGrant in bookinfo-1-18-1"},
 		{name: "a route on an orchestrator without route support", routes: "none",
 			reason: "RouteUnsupported", want: "spec.route: this orchestrator was started without route support"},
@@ -436,11 +436,11 @@ func preflightRefusals() []preflightCase {
 		// Sidecar.
 		{name: "Sidecar: an unknown to revision (no istiod-<to>)", spec: sidecar(func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0" }),
 			reason: "IstiodMissing", want: "spec.to: no istiod Deployment istio-system/istiod-1-99-0: revision 1-99-0 is not installed (helm install istiod-1-99-0 istio/istiod -n istio-system --set revision=1-99-0)"},
-		{name: "Sidecar: istiod of the to revision not Available", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
+		{name: "Sidecar: istiod of the to revision not Available", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
 			reason: "IstiodNotReady", want: "spec.to: istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas available); the upgrade starts once it is (kubectl -n istio-system describe deployment istiod-1-18-1 says what it waits for)"},
-		{name: "Sidecar: no injector of the to revision", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without("istio-sidecar-injector-" + worldTo) },
+		{name: "Sidecar: no injector of the to revision", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("istio-sidecar-injector-" + worldTo) },
 			reason: "InjectorMissing", want: "spec.to: no sidecar injector of revision 1-18-1"},
-		{name: "Sidecar: no injector of the from revision", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: no injector of the from revision", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
 			return w.without("istio-sidecar-injector-"+worldFrom, "istio-revision-tag-default")
 		}, reason: "InjectorMissing", want: "spec.from: no sidecar injector of revision 1-18-0"},
 		{name: "Sidecar: a namespace selector that matches no namespace", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
@@ -449,17 +449,17 @@ func preflightRefusals() []preflightCase {
 		{name: "Sidecar: a namespace selector with an unknown operator", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near", Values: []string{"a"}}}}
 		}), reason: "InvalidSpec", want: `spec.namespaceSelector: "Near" is not a valid label selector operator`},
-		{name: "Sidecar: no namespace enrolled in the from injector", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld { return w.without("shop", "cart") },
+		{name: "Sidecar: no namespace enrolled in the from injector", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("shop", "cart") },
 			reason: "NoNamespaces", want: "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the 1-18-0 injector, and there are none (labelled istio.io/rev=1-18-0, or istio-injection=enabled where 1-18-0 serves the default injection); label them, or set spec.namespaceSelector"},
 		{name: "Sidecar: a namespace with injection disabled", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "off"}}
 		}), reason: "InjectionDisabled", want: "spec.namespaceSelector: namespace off has istio-injection=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector"},
-		{name: "Sidecar: a to injector that would not select the relabelled namespace", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: a to injector that would not select the relabelled namespace", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
 			w.without("istio-sidecar-injector-" + worldTo)
 			w.objs = append(w.objs, chartInjector(worldTo, "canary")) // selects istio.io/rev=canary only
 			return w
 		}, reason: "InjectorSelectorMismatch", want: "spec.to: namespace cart, relabelled istio.io/rev=1-18-1 without istio-injection, would not be selected by any webhook of the 1-18-1 injector (istio-revision-tag-canary): its pods would get no proxy; make one of its webhooks select istio.io/rev=1-18-1, or leave the namespace out of spec.namespaceSelector"},
-		{name: "Sidecar: a second injector selecting the relabelled namespace", spec: sidecar(nil), fakeWorld: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: a second injector selecting the relabelled namespace", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
 			rogue := chartInjector("1-17-0", "")
 			rogue.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{revisionKey: worldTo}}
 			w.objs = append(w.objs, rogue)
@@ -475,7 +475,7 @@ func preflightRefusals() []preflightCase {
 }
 
 // TestPreflightRefusesBadInputAndChangesNothing runs the orchestrator's first
-// reconcile of each upgrade in a fakeWorld of fake clients: each is refused through the
+// reconcile of each upgrade in a world of fake clients: each is refused through the
 // Ready condition with its reason and message, stays Pending with nothing recorded,
 // and no object is written (nodes, namespaces, DaemonSets, workloads, webhooks,
 // routes, Services: no write call, resourceVersions unchanged). The rows are the
@@ -486,8 +486,8 @@ func TestPreflightRefusesBadInputAndChangesNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
 			w := refusalWorld()
-			if tc.fakeWorld != nil {
-				w = tc.fakeWorld(w)
+			if tc.world != nil {
+				w = tc.world(w)
 			}
 			routes := tc.routes
 			if routes == "" {

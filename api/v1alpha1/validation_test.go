@@ -69,7 +69,28 @@ func TestAdmissionRefusesBadInputWithAClearMessage(t *testing.T) {
 		return // a case failed or was not run (-run): the table would be partial
 	}
 	checkRuleCoverage(t, rules, rows)
-	goldenFile(t, refusalsFile, refusalsTable(rows, rules))
+	// Every schema constraint no case above covers gets a generated case, which
+	// must be refused by that constraint.
+	constraints := specConstraints(t)
+	var generated []refusalCase
+	var uncovered []schemaConstraint
+	for _, sc := range constraints {
+		if !sc.coveredBy(rows) {
+			generated = append(generated, generatedCase(sc))
+			uncovered = append(uncovered, sc)
+		}
+	}
+	more := runRefusals(t, c, generated, rules)
+	if len(more) != len(generated) {
+		return
+	}
+	for i, sc := range uncovered {
+		if !sc.coveredBy(more[i : i+1]) {
+			t.Errorf("%s: the generated case %q was not refused by %s: %s", sc.path, sc.input(), sc.keyword, more[i].message)
+		}
+	}
+	rows = append(rows, more...)
+	goldenFile(t, refusalsFile, refusalsTable(rows, rules, len(constraints)))
 }
 
 // ambientRefusals are the refused Ambient upgrades, each a valid upgrade with one
@@ -104,7 +125,7 @@ func ambientRefusals() []refusalCase {
 		}), "the header-test step must come before every weight step"},
 		{"a step with both header and weight", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps[0].Traffic.Weight = ptr.To[int32](0)
-		}), "traffic: set exactly one of header and weight"},
+		}), "traffic: set exactly one of header (the test rule) and weight (the canary's share); for both, use two steps"},
 		{"a route naming both kinds", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = &ztv1.RouteSpec{
 				HTTPRoute:      &ztv1.ObjectRef{Namespace: "default", Name: "r"},
