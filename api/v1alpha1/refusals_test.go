@@ -58,32 +58,50 @@ func runRefusals(t *testing.T, c client.Client, cases []refusalCase, rules []cel
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("message does not say %q:\n%v", tc.want, err)
 			}
-			row := refusalRow{input: tc.name, layer: admissionLayer(err.Error(), rules), field: causeFields(se), message: err.Error()}
+			row := refusalRow{input: tc.name, field: causeFields(se), message: err.Error()}
 			if d := se.ErrStatus.Details; d != nil {
 				row.causes = d.Causes
 			}
+			row.layer = admissionLayer(row.causes, rules)
 			rows = append(rows, row)
 		})
 	}
 	return rows
 }
 
-// admissionLayer says whether a CEL rule (x-kubernetes-validations) or the OpenAPI
-// schema refused the input.
-func admissionLayer(msg string, rules []celRule) string {
-	for _, r := range rules {
-		if strings.Contains(msg, r.message) {
-			return "admission: CEL rule"
+// admissionLayer says whether the OpenAPI schema or a CEL rule
+// (x-kubernetes-validations) refused the input, or both.
+func admissionLayer(causes []metav1.StatusCause, rules []celRule) string {
+	var schema, cel bool
+	for _, c := range causes {
+		if !namedField(c) {
+			continue
 		}
+		if slices.ContainsFunc(rules, func(r celRule) bool { return strings.Contains(c.Message, r.message) }) {
+			cel = true
+		} else {
+			schema = true
+		}
+	}
+	switch {
+	case schema && cel:
+		return "admission: schema and CEL rule"
+	case cel:
+		return "admission: CEL rule"
 	}
 	return "admission: schema"
 }
+
+// namedField is false for the cause the API server adds when it skipped the CEL
+// rules of an object the schema already refused ("<nil>: some validation rules
+// were not checked").
+func namedField(c metav1.StatusCause) bool { return c.Field != "" && c.Field != "<nil>" }
 
 func causeFields(se *apierrors.StatusError) string {
 	var fields []string
 	if d := se.ErrStatus.Details; d != nil {
 		for _, c := range d.Causes {
-			if !slices.Contains(fields, c.Field) {
+			if namedField(c) && !slices.Contains(fields, c.Field) {
 				fields = append(fields, c.Field)
 			}
 		}

@@ -50,10 +50,10 @@ const (
 // RevisionUpgradeSpec is the desired upgrade: which revision replaces which, on which
 // nodes, in which steps, with which traffic and gates.
 // +kubebuilder:validation:XValidation:rule="self.from != self.to",message="spec.to must differ from spec.from: set spec.to to the revision to upgrade to",fieldPath=".to"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, has(s.namespaces))",message="spec.steps: every step of a Sidecar upgrade sets namespaces (a count or a percentage of the namespaces in scope)"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.nodes))",message="spec.steps: a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.traffic))",message="spec.steps: traffic is not supported in Sidecar mode (the workloads keep their Services; only their proxies change): remove it"
-// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || self.steps.all(s, !has(s.namespaces))",message="spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, has(s.namespaces))",message="spec.steps: every step of a Sidecar upgrade sets namespaces (a count or a percentage of the namespaces in scope)",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.nodes))",message="spec.steps: a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.traffic))",message="spec.steps: traffic is not supported in Sidecar mode (the workloads keep their Services; only their proxies change): remove it",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || self.steps.all(s, !has(s.namespaces))",message="spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes: replace namespaces with nodes, or set spec.mode: Sidecar",fieldPath=".steps"
 // +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || (!has(self.workloads) && !has(self.route) && !has(self.nodeSelector))",message="spec.workloads, spec.route and spec.nodeSelector are for mode Ambient; a Sidecar upgrade selects namespaces (spec.namespaceSelector) and restarts their workloads"
 // +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || !has(self.namespaceSelector)",message="spec.namespaceSelector is for mode Sidecar; an Ambient upgrade selects nodes (spec.nodeSelector): remove it, or set spec.mode: Sidecar",fieldPath=".namespaceSelector",reason="FieldValueForbidden"
 type RevisionUpgradeSpec struct {

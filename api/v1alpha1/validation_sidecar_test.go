@@ -37,15 +37,15 @@ func sidecarRefusals() []refusalCase {
 			`spec.mode: Unsupported value: "Hybrid": supported values: "Ambient", "Sidecar"`},
 		{"a sidecar step without namespaces", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Namespaces = nil }),
 			"every step of a Sidecar upgrade sets namespaces"},
-		{"a sidecar step with nodes", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[0].Nodes = intstr.FromInt32(1) }),
+		{"a sidecar step with nodes", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[2].Nodes = intstr.FromInt32(1) }),
 			"a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces"},
 		{"a sidecar step with traffic", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps[1].Traffic = &ztv1.StepTraffic{Weight: ptr.To[int32](10)}
 		}), "traffic is not supported in Sidecar mode"},
 		{"an ambient step with namespaces", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Mode, u.Spec.NamespaceSelector = ztv1.ModeAmbient, nil
-			u.Spec.Steps[0].Nodes = intstr.FromInt32(1)
-		}), "namespaces is for mode Sidecar; an Ambient upgrade moves nodes"},
+			u.Spec.Steps[2].Nodes = intstr.FromString("100%")
+		}), "spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes: replace namespaces with nodes, or set spec.mode: Sidecar"},
 		{"workloads in sidecar mode", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Workloads = []ztv1.WorkloadPin{{Namespace: "shop", Revision: "1-18-1"}}
 		}), "spec.workloads, spec.route and spec.nodeSelector are for mode Ambient"},

@@ -105,8 +105,8 @@ func ambientRefusals() []refusalCase {
 			"spec.from in body should be at least 1 chars long"},
 		{"no steps", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = nil }),
 			"spec.steps: Required value"},
-		{"weight above 100", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](120) }),
-			"spec.steps[1].traffic.weight: Invalid value: 120: spec.steps[1].traffic.weight in body should be less than or equal to 100"},
+		{"weight above 100", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](120) }),
+			"spec.steps[3].traffic.weight: Invalid value: 120: spec.steps[3].traffic.weight in body should be less than or equal to 100"},
 		{"negative weight", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](-5) }),
 			"should be greater than or equal to 0"},
 		{"decreasing weights", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](40) }),
@@ -127,12 +127,8 @@ func ambientRefusals() []refusalCase {
 			u.Spec.Steps[0].Traffic.Weight = ptr.To[int32](0)
 		}), "traffic: set exactly one of header (the test rule) and weight (the canary's share); for both, use two steps"},
 		{"a route naming both kinds", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
-			u.Spec.Route = &ztv1.RouteSpec{
-				HTTPRoute:      &ztv1.ObjectRef{Namespace: "default", Name: "r"},
-				VirtualService: &ztv1.VirtualServiceRef{Namespace: "default", Name: "r", DestinationRule: "r"},
-				Stable:         ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
-				Canary:         ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
-			}
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.HTTPRoute = &ztv1.ObjectRef{Namespace: "shop", Name: "reviews"}
 		}), "spec.route: set exactly one of httpRoute and virtualService"},
 		{"a traffic test that cannot tell the canary", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/"}
