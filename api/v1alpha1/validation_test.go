@@ -68,7 +68,9 @@ func TestAdmissionRefusesBadInputWithAClearMessage(t *testing.T) {
 	if len(rows) != len(cases) {
 		return // a case failed or was not run (-run): the table would be partial
 	}
-	checkRuleCoverage(t, rules, rows)
+	for _, miss := range uncoveredRules(rules, rows) {
+		t.Error(miss)
+	}
 	// Every schema constraint no case above covers gets a generated case, which
 	// must be refused by that constraint.
 	constraints := specConstraints(t)
