@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -182,7 +183,39 @@ func (wr *writes) reactor(clientset string) k8stesting.ReactionFunc {
 type refuser struct {
 	r      *Reconciler
 	c      client.Client
+	gw     *gatewayfake.Clientset
+	istio  *istiofake.Clientset
 	writes *writes
+}
+
+// routes is every route object as JSON (resourceVersions included): HTTPRoutes,
+// ReferenceGrants, VirtualServices, DestinationRules.
+func (rf refuser) routes(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	var out []any
+	hr, err := rf.gw.GatewayV1().HTTPRoutes("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rg, err := rf.gw.GatewayV1().ReferenceGrants("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := rf.istio.NetworkingV1().VirtualServices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr, err := rf.istio.NetworkingV1().DestinationRules("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = append(out, hr.Items, rg.Items, vs.Items, dr.Items)
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
@@ -245,7 +278,7 @@ func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
 	case "httproute":
 		r.Routes = HTTPRouteRouters(kube, gw)
 	}
-	return refuser{r: r, c: c, writes: wr}
+	return refuser{r: r, c: c, gw: gw, istio: ic, writes: wr}
 }
 
 // versions is the resourceVersion of every object of the kinds an upgrade changes.
@@ -502,7 +535,7 @@ func TestPreflightRefusesBadInputAndChangesNothing(t *testing.T) {
 			if err := rf.c.Create(ctx, u); err != nil {
 				t.Fatal(err)
 			}
-			before := versions(t, rf.c)
+			before, routesBefore := versions(t, rf.c), rf.routes(t)
 			if _, err := rf.r.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKey{Name: u.Name}}); err != nil {
 				t.Fatalf("reconcile: %v", err)
 			}
@@ -536,6 +569,9 @@ func TestPreflightRefusesBadInputAndChangesNothing(t *testing.T) {
 			}
 			if len(after) != len(before) {
 				t.Errorf("%d objects after the refusal, %d before", len(after), len(before))
+			}
+			if routesAfter := rf.routes(t); routesAfter != routesBefore {
+				t.Errorf("the routes changed:\n%s\nwere\n%s", routesAfter, routesBefore)
 			}
 			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s |", cell(tc.name), cell("status: Ready=False, reason "+c.Reason), cell(messageField(c.Message)), cell(c.Message)))
 		})
