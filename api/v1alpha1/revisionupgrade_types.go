@@ -79,16 +79,14 @@ type RevisionUpgradeSpec struct {
 
 	// From is the stable revision: the value of the node label (istio.io/rev) on the
 	// nodes before the upgrade.
-	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",message="spec.from must be a revision as the istio.io/rev label writes it (e.g. 1-18-0): letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.from cannot change once the upgrade exists; create a new RevisionUpgrade"
 	From string `json:"from"`
 
 	// To is the canary revision.
-	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",message="spec.to must be a revision as the istio.io/rev label writes it (e.g. 1-18-1): letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.to cannot change once the upgrade exists; create a new RevisionUpgrade"
 	To string `json:"to"`
 
@@ -280,8 +278,7 @@ type Step struct {
 	// (Ambient mode); a Sidecar upgrade sets namespaces instead.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=4
-	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
-	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? int(self) >= 0 : string(self).matches('^(100|[1-9]?[0-9])%$')",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
 	// +optional
 	Nodes intstr.IntOrString `json:"nodes,omitzero"`
 	// Namespaces is how many namespaces of a Sidecar upgrade's scope run the to
@@ -290,8 +287,7 @@ type Step struct {
 	// next.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=4
-	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
-	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="namespaces must be a count of at least 0 or a percentage from 0% to 100%"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? int(self) >= 0 : string(self).matches('^(100|[1-9]?[0-9])%$')",message="namespaces must be a count of at least 0 or a percentage from 0% to 100%"
 	// +optional
 	Namespaces *intstr.IntOrString `json:"namespaces,omitempty"`
 	// Traffic is what the route does once the step's nodes are verified.

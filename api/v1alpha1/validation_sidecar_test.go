@@ -65,7 +65,7 @@ func sidecarRefusals() []refusalCase {
 		{"a negative namespace count", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[0].Namespaces = ptr.To(intstr.FromInt32(-1)) }),
 			"namespaces must be a count of at least 0 or a percentage from 0% to 100%"},
 		{"a namespace percentage above 100", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[2].Namespaces = ptr.To(intstr.FromString("101%")) }),
-			`spec.steps[2].namespaces: Invalid value: "101%": spec.steps[2].namespaces in body should match`},
+			`spec.steps[2].namespaces: Invalid value: "101%": namespaces must be a count of at least 0 or a percentage from 0% to 100%`},
 		{"zero concurrent restarts", created(validSidecarUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Sidecar.MaxConcurrentRestarts = -1 }),
 			"spec.sidecar.maxConcurrentRestarts in body should be greater than or equal to 1"},
 	}
