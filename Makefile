@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 45m
 SIM       := $(GO) run ./kind/sim/cmd/ztcanary-sim
 
 .DEFAULT_GOAL := help
-.PHONY: help build test sim-binaries optional-binaries generate verify lint sim-up sim-down demo bench fuzz reliability images kind-e2e
+.PHONY: help build test sim-binaries optional-binaries generate verify refusals lint sim-up sim-down demo bench fuzz reliability images kind-e2e
 
 ## help: list the targets
 help:
@@ -38,6 +38,11 @@ generate:
 ## verify: fail if `make generate` changes committed files
 verify: generate
 	git diff --exit-code
+
+## refusals: rewrite docs/refusals-admission.md (real API server) and docs/refusals-preflight.md from the tests
+refusals: sim-binaries
+	$(GO) test -count=1 -run '^TestAdmissionRefusesBadInputWithAClearMessage$$' ./api/v1alpha1 -update
+	$(GO) test -count=1 -run '^TestPreflightRefusesBadInputAndChangesNothing$$' ./orchestrator -update
 
 ## lint: go vet, gofmt, bash -n and shellcheck (when installed) on the scripts
 lint:

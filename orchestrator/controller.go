@@ -187,8 +187,13 @@ func (r *Reconciler) reconcile(ctx context.Context, log *zap.Logger, u *ztv1.Rev
 // the pinning to restore. Any failure is a condition and nothing changes.
 func (r *Reconciler) start(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {
 	u.Status.Phase = ztv1.PhasePending
+	var pf *preflightError
 	scope, err := r.resolveScope(ctx, u)
 	if err != nil {
+		if errors.As(err, &pf) {
+			r.refuse(u, pf.reason, pf.Error())
+			return ctrl.Result{RequeueAfter: preflightRetry}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	if err := validatePlan(&u.Spec, len(scope)); err != nil {
@@ -197,7 +202,6 @@ func (r *Reconciler) start(ctx context.Context, log *zap.Logger, u *ztv1.Revisio
 	}
 	origRoute, err := r.preflight(ctx, u)
 	if err != nil {
-		var pf *preflightError
 		if errors.As(err, &pf) {
 			r.refuse(u, pf.reason, pf.Error())
 			return ctrl.Result{RequeueAfter: preflightRetry}, nil
@@ -229,14 +233,14 @@ func (r *Reconciler) refuse(u *ztv1.RevisionUpgrade, reason, msg string) {
 	u.Status.Message = msg
 }
 
-// resolveScope lists the nodes the selector picks (default: labelled from).
+// resolveScope lists the nodes the selector picks (default: labelled from). A
+// selector that does not parse is a refusal.
 func (r *Reconciler) resolveScope(ctx context.Context, u *ztv1.RevisionUpgrade) ([]corev1.Node, error) {
 	sel := labels.SelectorFromSet(labels.Set{nodeLabel(&u.Spec): u.Spec.From})
 	if u.Spec.NodeSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(u.Spec.NodeSelector)
 		if err != nil {
-			r.refuse(u, reasonInvalid, "spec.nodeSelector: "+err.Error())
-			return nil, nil
+			return nil, refused(reasonInvalid, "spec.nodeSelector: %v", err)
 		}
 		sel = s
 	}

@@ -62,7 +62,7 @@ func (r *Reconciler) preflightRevision(ctx context.Context, u *ztv1.RevisionUpgr
 		return fmt.Errorf("get istiod %s/%s: %w", ns, name, err)
 	}
 	if !deploymentAvailable(&istiod) {
-		return refused("IstiodNotReady", "istiod %s/%s is not Available yet (%d of %d replicas)", ns, name, istiod.Status.AvailableReplicas, replicas(istiod.Spec.Replicas))
+		return istiodNotReady(&istiod)
 	}
 	dss, err := ztunnelDaemonSets(ctx, r.Client, ns)
 	if err != nil {
@@ -78,7 +78,7 @@ func (r *Reconciler) preflightRevision(ctx context.Context, u *ztv1.RevisionUpgr
 	}
 	sa := to.Spec.Template.Spec.ServiceAccountName
 	if sa == "" || sa == "default" {
-		return refused("ZtunnelServiceAccount", "ztunnel DaemonSet %s/%s runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it", ns, to.Name)
+		return refused("ZtunnelServiceAccount", "spec.to: ztunnel DaemonSet %s/%s runs as the default ServiceAccount; give it its own (the chart's resourceName) so istiod can trust it", ns, to.Name)
 	}
 	if sa == from.Spec.Template.Spec.ServiceAccountName && from.Name != to.Name {
 		// Sharing is allowed by Istio but makes the revisions indistinguishable to istiod.
@@ -87,13 +87,13 @@ func (r *Reconciler) preflightRevision(ctx context.Context, u *ztv1.RevisionUpgr
 	var account corev1.ServiceAccount
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: sa}, &account); err != nil {
 		if apierrors.IsNotFound(err) {
-			return refused("ZtunnelServiceAccount", "ztunnel DaemonSet %s/%s uses ServiceAccount %s, which does not exist", ns, to.Name, sa)
+			return refused("ZtunnelServiceAccount", "spec.to: ztunnel DaemonSet %s/%s uses ServiceAccount %s, which does not exist; create it (the ztunnel chart does) or fix the DaemonSet's serviceAccountName", ns, to.Name, sa)
 		}
 		return fmt.Errorf("get ServiceAccount %s/%s: %w", ns, sa, err)
 	}
 	trusted := trustedAccounts(&istiod, ns)
 	if !trusted[ns+"/"+sa] {
-		return refused("ZtunnelNotTrusted", "istiod %s/%s does not trust ServiceAccount %s/%s (%s=%s): the %s ztunnel would get no certificate; add it to %s", ns, name, ns, sa, trustedAccountsEnv, joinKeys(trusted), u.Spec.To, trustedAccountsEnv)
+		return refused("ZtunnelNotTrusted", "spec.to: istiod %s/%s does not trust ServiceAccount %s/%s (%s=%s): the %s ztunnel would get no certificate; add it to %s", ns, name, ns, sa, trustedAccountsEnv, joinKeys(trusted), u.Spec.To, trustedAccountsEnv)
 	}
 	for i, w := range u.Spec.Workloads {
 		var wns corev1.Namespace
@@ -105,6 +105,13 @@ func (r *Reconciler) preflightRevision(ctx context.Context, u *ztv1.RevisionUpgr
 		}
 	}
 	return nil
+}
+
+// istiodNotReady refuses to start while istiod-<to> is not Available: the upgrade
+// starts by itself once it is (preflight runs again every preflightRetry).
+func istiodNotReady(d *appsv1.Deployment) error {
+	return refused("IstiodNotReady", "spec.to: istiod %s/%s is not Available yet (%d of %d replicas available); the upgrade starts once it is (kubectl -n %s describe deployment %s says what it waits for)",
+		d.Namespace, d.Name, d.Status.AvailableReplicas, replicas(d.Spec.Replicas), d.Namespace, d.Name)
 }
 
 func deploymentAvailable(d *appsv1.Deployment) bool {

@@ -127,7 +127,7 @@ func (r *Reconciler) resolveNamespaces(ctx context.Context, u *ztv1.RevisionUpgr
 		}
 	}
 	if len(out) == 0 {
-		return nil, refused("NoNamespaces", "no namespace is enrolled in the %s injector (labelled %s=%s, or %s=enabled where %s serves the default injection); label them, or set spec.namespaceSelector", u.Spec.From, revisionKey, u.Spec.From, injectionLabel, u.Spec.From)
+		return nil, refused("NoNamespaces", "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the %s injector, and there are none (labelled %s=%s, or %s=enabled where %s serves the default injection); label them, or set spec.namespaceSelector", u.Spec.From, revisionKey, u.Spec.From, injectionLabel, u.Spec.From)
 	}
 	return out, nil
 }
@@ -150,7 +150,7 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 		return nil, fmt.Errorf("get istiod %s/%s: %w", ns, name, err)
 	}
 	if !deploymentAvailable(&istiod) {
-		return nil, refused("IstiodNotReady", "istiod %s/%s is not Available yet (%d of %d replicas)", ns, name, istiod.Status.AvailableReplicas, replicas(istiod.Spec.Replicas))
+		return nil, istiodNotReady(&istiod)
 	}
 	hooks, err := r.injectorWebhooks(ctx)
 	if err != nil {
@@ -170,7 +170,7 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 	}
 	for _, n := range scope {
 		if n.Labels[injectionLabel] == "disabled" {
-			return nil, refused("InjectionDisabled", "namespace %s has %s=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector", n.Name, injectionLabel)
+			return nil, refused("InjectionDisabled", "spec.namespaceSelector: namespace %s has %s=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector", n.Name, injectionLabel)
 		}
 		after := relabelled(n.Labels, u.Spec.To)
 		var mine, others []string
@@ -185,10 +185,10 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 			}
 		}
 		if len(mine) == 0 {
-			return nil, refused("InjectorSelectorMismatch", "namespace %s, relabelled %s=%s without %s, would not be selected by any webhook of the %s injector (%s): its pods would get no proxy", n.Name, revisionKey, u.Spec.To, injectionLabel, u.Spec.To, strings.Join(injectorConfigs(hooks, u.Spec.To), ", "))
+			return nil, refused("InjectorSelectorMismatch", "spec.to: namespace %s, relabelled %s=%s without %s, would not be selected by any webhook of the %s injector (%s): its pods would get no proxy; make one of its webhooks select %s=%s, or leave the namespace out of spec.namespaceSelector", n.Name, revisionKey, u.Spec.To, injectionLabel, u.Spec.To, strings.Join(injectorConfigs(hooks, u.Spec.To), ", "), revisionKey, u.Spec.To)
 		}
 		if len(others) > 0 {
-			return nil, refused("InjectorConflict", "namespace %s, relabelled %s=%s, would also be selected by %s: two injectors would mutate its pods; fix that webhook's namespaceSelector", n.Name, revisionKey, u.Spec.To, strings.Join(others, ", "))
+			return nil, refused("InjectorConflict", "spec.to: namespace %s, relabelled %s=%s, would also be selected by %s: two injectors would mutate its pods; fix that webhook's namespaceSelector", n.Name, revisionKey, u.Spec.To, strings.Join(others, ", "))
 		}
 	}
 	return scope, nil

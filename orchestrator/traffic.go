@@ -112,7 +112,7 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 	snap, err := router.Snapshot(ctx)
 	if err != nil {
 		if errors.Is(err, gatewayroutes.ErrRoute) {
-			return nil, refused("RouteMissing", "spec.route: %v", err)
+			return nil, refused("RouteMissing", "%s: %v; create it, or name the route to shift", routeField(u.Spec.Route), err)
 		}
 		return nil, err
 	}
@@ -133,6 +133,15 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 		return nil, err
 	}
 	return &runtime.RawExtension{Raw: b}, nil
+}
+
+// routeField is the field that names the route: spec.route.httpRoute or
+// spec.route.virtualService.
+func routeField(rs *ztv1.RouteSpec) string {
+	if rs.VirtualService != nil {
+		return "spec.route.virtualService"
+	}
+	return "spec.route.httpRoute"
 }
 
 // routeDrift reports how the route differs from what ztcanary last set, if it does.

@@ -181,7 +181,7 @@ func TestVirtualServiceRouteRefusesBadInputWithoutWrite(t *testing.T) {
 		msg    string
 	}{
 		{"a missing VirtualService", func(r *ztv1.RouteSpec) { r.VirtualService.Name = "nope" },
-			"RouteMissing", "spec.route: route not usable: virtualservice shop/nope not found"},
+			"RouteMissing", "spec.route.virtualService: route not usable: virtualservice shop/nope not found"},
 		{"a missing DestinationRule", func(r *ztv1.RouteSpec) { r.VirtualService.DestinationRule = "nope" },
 			"BackendUnusable", "spec.route: backend not usable: destinationrule shop/nope not found"},
 		{"a subset the DestinationRule does not define", func(r *ztv1.RouteSpec) { r.Canary.Subset = "v3" },

@@ -49,13 +49,13 @@ const (
 
 // RevisionUpgradeSpec is the desired upgrade: which revision replaces which, on which
 // nodes, in which steps, with which traffic and gates.
-// +kubebuilder:validation:XValidation:rule="self.from != self.to",message="spec.to must differ from spec.from"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, has(s.namespaces))",message="spec.steps: every step of a Sidecar upgrade sets namespaces (a count or a percentage of the namespaces in scope)"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.nodes))",message="spec.steps: a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces"
-// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.traffic))",message="spec.steps: traffic is not supported in Sidecar mode (the workloads keep their Services; only their proxies change): remove it"
-// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || self.steps.all(s, !has(s.namespaces))",message="spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes"
+// +kubebuilder:validation:XValidation:rule="self.from != self.to",message="spec.to must differ from spec.from: set spec.to to the revision to upgrade to",fieldPath=".to"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, has(s.namespaces))",message="spec.steps: every step of a Sidecar upgrade sets namespaces (a count or a percentage of the namespaces in scope)",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.nodes))",message="spec.steps: a Sidecar upgrade moves namespaces, not nodes: replace nodes with namespaces",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || self.steps.all(s, !has(s.traffic))",message="spec.steps: traffic is not supported in Sidecar mode (the workloads keep their Services; only their proxies change): remove it",fieldPath=".steps"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || self.steps.all(s, !has(s.namespaces))",message="spec.steps: namespaces is for mode Sidecar; an Ambient upgrade moves nodes: replace namespaces with nodes, or set spec.mode: Sidecar",fieldPath=".steps"
 // +kubebuilder:validation:XValidation:rule="self.mode != 'Sidecar' || (!has(self.workloads) && !has(self.route) && !has(self.nodeSelector))",message="spec.workloads, spec.route and spec.nodeSelector are for mode Ambient; a Sidecar upgrade selects namespaces (spec.namespaceSelector) and restarts their workloads"
-// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || !has(self.namespaceSelector)",message="spec.namespaceSelector is for mode Sidecar; an Ambient upgrade selects nodes (spec.nodeSelector)"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Sidecar' || !has(self.namespaceSelector)",message="spec.namespaceSelector is for mode Sidecar; an Ambient upgrade selects nodes (spec.nodeSelector): remove it, or set spec.mode: Sidecar",fieldPath=".namespaceSelector",reason="FieldValueForbidden"
 type RevisionUpgradeSpec struct {
 	// Mode is what the upgrade moves: Ambient (nodes and their ztunnel) or Sidecar
 	// (namespaces, whose workloads are restarted with the new revision's sidecar).
@@ -79,16 +79,14 @@ type RevisionUpgradeSpec struct {
 
 	// From is the stable revision: the value of the node label (istio.io/rev) on the
 	// nodes before the upgrade.
-	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",message="spec.from must be a revision as the istio.io/rev label writes it (e.g. 1-18-0): letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.from cannot change once the upgrade exists; create a new RevisionUpgrade"
 	From string `json:"from"`
 
 	// To is the canary revision.
-	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",message="spec.to must be a revision as the istio.io/rev label writes it (e.g. 1-18-1): letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.to cannot change once the upgrade exists; create a new RevisionUpgrade"
 	To string `json:"to"`
 
@@ -280,8 +278,7 @@ type Step struct {
 	// (Ambient mode); a Sidecar upgrade sets namespaces instead.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=4
-	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
-	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? int(self) >= 0 : string(self).matches('^(100|[1-9]?[0-9])%$')",message="nodes must be a count of at least 0 or a percentage from 0% to 100%"
 	// +optional
 	Nodes intstr.IntOrString `json:"nodes,omitzero"`
 	// Namespaces is how many namespaces of a Sidecar upgrade's scope run the to
@@ -290,8 +287,7 @@ type Step struct {
 	// next.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:MaxLength=4
-	// +kubebuilder:validation:Pattern=`^(100|[1-9]?[0-9])%$`
-	// +kubebuilder:validation:XValidation:rule="type(self) != int || int(self) >= 0",message="namespaces must be a count of at least 0 or a percentage from 0% to 100%"
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? int(self) >= 0 : string(self).matches('^(100|[1-9]?[0-9])%$')",message="namespaces must be a count of at least 0 or a percentage from 0% to 100%"
 	// +optional
 	Namespaces *intstr.IntOrString `json:"namespaces,omitempty"`
 	// Traffic is what the route does once the step's nodes are verified.
@@ -304,7 +300,7 @@ type Step struct {
 }
 
 // StepTraffic is a step's route change: a header-test rule or a canary weight.
-// +kubebuilder:validation:XValidation:rule="has(self.header) != has(self.weight)",message="traffic: set exactly one of header and weight"
+// +kubebuilder:validation:XValidation:rule="has(self.header) != has(self.weight)",message="traffic: set exactly one of header (the test rule) and weight (the canary's share); for both, use two steps"
 type StepTraffic struct {
 	// Header adds a rule sending requests with this header to the canary backend.
 	// +optional

@@ -3,10 +3,8 @@ package v1alpha1_test
 import (
 	"context"
 	"path/filepath"
-	"strings"
 	"testing"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -58,105 +56,122 @@ func validUpgrade() *ztv1.RevisionUpgrade {
 	}
 }
 
-func TestSchemaRefusesBadInputWithAClearMessage(t *testing.T) {
+func TestAdmissionRefusesBadInputWithAClearMessage(t *testing.T) {
 	c := apiClient(t)
-	cases := []struct {
-		name   string
-		mutate func(*ztv1.RevisionUpgrade)
-		want   string
-	}{
-		{"to equal to from is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.To = u.Spec.From },
+	rules := crdRules(t)
+	var cases []refusalCase
+	cases = append(cases, ambientRefusals()...)
+	cases = append(cases, sidecarRefusals()...)
+	cases = append(cases, changeRefusals()...)
+	cases = append(cases, captureRefusals()...)
+	rows := runRefusals(t, c, cases, rules)
+	if len(rows) != len(cases) {
+		return // a case failed or was not run (-run): the table would be partial
+	}
+	for _, miss := range uncoveredRules(rules, rows) {
+		t.Error(miss)
+	}
+	// Every schema constraint no case above covers gets a generated case, which
+	// must be refused by that constraint.
+	constraints := specConstraints(t)
+	var generated []refusalCase
+	var uncovered []schemaConstraint
+	for _, sc := range constraints {
+		if !sc.coveredBy(rows) {
+			generated = append(generated, generatedCase(sc))
+			uncovered = append(uncovered, sc)
+		}
+	}
+	more := runRefusals(t, c, generated, rules)
+	if len(more) != len(generated) {
+		return
+	}
+	for i, sc := range uncovered {
+		if !sc.coveredBy(more[i : i+1]) {
+			t.Errorf("%s: the generated case %q was not refused by %s: %s", sc.path, sc.input(), sc.keyword, more[i].message)
+		}
+	}
+	rows = append(rows, more...)
+	goldenFile(t, refusalsFile, refusalsTable(rows, rules, len(constraints)))
+}
+
+// ambientRefusals are the refused Ambient upgrades, each a valid upgrade with one
+// mistake.
+func ambientRefusals() []refusalCase {
+	return []refusalCase{
+		{"to equal to from", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.To = u.Spec.From }),
 			"spec.to must differ from spec.from"},
-		{"a revision that is not a label value is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1.18/1" },
-			`spec.to: Invalid value: "1.18/1": spec.to in body should match`},
-		{"an empty revision is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.From = "" },
-			"spec.from in body should be at least 1 chars long"},
-		{"no steps is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = nil },
+		{"a revision that is not a label value", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1.18/1" }),
+			`spec.to: Invalid value: "1.18/1": spec.to must be a revision as the istio.io/rev label writes it (e.g. 1-18-1): letters, digits, '-', '_' and '.', starting and ending with a letter or digit`},
+		{"a from revision that is not a label value", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.From = "1-18-0 " }),
+			`spec.from: Invalid value: "1-18-0 ": spec.from must be a revision as the istio.io/rev label writes it (e.g. 1-18-0)`},
+		{"an empty revision", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.From = "" }),
+			`spec.from: Invalid value: "": spec.from must be a revision as the istio.io/rev label writes it (e.g. 1-18-0)`},
+		{"no steps", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = nil }),
 			"spec.steps: Required value"},
-		{"weight above 100 is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](120) },
-			"spec.steps[1].traffic.weight: Invalid value: 120: spec.steps[1].traffic.weight in body should be less than or equal to 100"},
-		{"negative weight is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](-5) },
+		{"weight above 100", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](120) }),
+			"spec.steps[3].traffic.weight: Invalid value: 120: spec.steps[3].traffic.weight in body should be less than or equal to 100"},
+		{"negative weight", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Traffic.Weight = ptr.To[int32](-5) }),
 			"should be greater than or equal to 0"},
-		{"decreasing weights are refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](40) },
+		{"decreasing weights", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Traffic.Weight = ptr.To[int32](40) }),
 			"traffic weights must never decrease"},
-		{"decreasing node counts are refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Nodes = intstr.FromInt32(0) },
+		{"decreasing node counts", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[1].Nodes = intstr.FromInt32(0) }),
 			"node counts must never decrease"},
-		{"a percentage above 100 is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Nodes = intstr.FromString("150%") },
-			`spec.steps[3].nodes: Invalid value: "150%": spec.steps[3].nodes in body should match`},
-		{"a negative node count is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[0].Nodes = intstr.FromInt32(-1) },
+		{"a percentage above 100", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[3].Nodes = intstr.FromString("150%") }),
+			`spec.steps[3].nodes: Invalid value: "150%": nodes must be a count of at least 0 or a percentage from 0% to 100%`},
+		{"a negative node count", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.Steps[0].Nodes = intstr.FromInt32(-1) }),
 			"nodes must be a count of at least 0 or a percentage from 0% to 100%"},
-		{"two header steps are refused", func(u *ztv1.RevisionUpgrade) {
+		{"two header steps", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps[1].Traffic = &ztv1.StepTraffic{Header: &ztv1.HeaderMatch{Name: "traffic", Value: "test"}}
-		}, "at most one step may set a header-test rule"},
-		{"a header step after a weight step is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "at most one step may set a header-test rule"},
+		{"a header step after a weight step", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps[0].Traffic, u.Spec.Steps[1].Traffic = u.Spec.Steps[1].Traffic, u.Spec.Steps[0].Traffic
-		}, "the header-test step must come before every weight step"},
-		{"a step with both header and weight is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "the header-test step must come before every weight step"},
+		{"a step with both header and weight", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps[0].Traffic.Weight = ptr.To[int32](0)
-		}, "traffic: set exactly one of header and weight"},
-		{"a route naming both kinds is refused", func(u *ztv1.RevisionUpgrade) {
-			u.Spec.Route = &ztv1.RouteSpec{
-				HTTPRoute:      &ztv1.ObjectRef{Namespace: "default", Name: "r"},
-				VirtualService: &ztv1.VirtualServiceRef{Namespace: "default", Name: "r", DestinationRule: "r"},
-				Stable:         ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
-				Canary:         ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
-			}
-		}, "spec.route: set exactly one of httpRoute and virtualService"},
-		{"a traffic test that cannot tell the canary is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "traffic: set exactly one of header (the test rule) and weight (the canary's share); for both, use two steps"},
+		{"a route naming both kinds", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
+			u.Spec.Route = vsRoute()
+			u.Spec.Route.HTTPRoute = &ztv1.ObjectRef{Namespace: "shop", Name: "reviews"}
+		}), "spec.route: set exactly one of httpRoute and virtualService"},
+		{"a traffic test that cannot tell the canary", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/"}
-		}, "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex, to say how a canary answer is recognised"},
-		{"a traffic test with both a canary header and a body regex is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex, to say how a canary answer is recognised"},
+		{"a traffic test with both a canary header and a body regex", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/", CanaryHeader: &ztv1.HeaderMatch{Name: "x-version", Value: "v2"}, CanaryBodyRegex: "v2"}
-		}, "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex"},
-		{"a virtualService route without subsets is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "spec.analysis.trafficTest: set exactly one of canaryHeader and canaryBodyRegex"},
+		{"a virtualService route without subsets", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = vsRoute()
 			u.Spec.Route.Canary.Subset = ""
-		}, "spec.route: a virtualService route shifts traffic between two DestinationRule subsets: set stable.subset and canary.subset, each a different subset"},
-		{"a virtualService route with the same subset twice is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "spec.route: a virtualService route shifts traffic between two DestinationRule subsets: set stable.subset and canary.subset, each a different subset"},
+		{"a virtualService route with the same subset twice", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = vsRoute()
 			u.Spec.Route.Canary.Subset = "v1"
-		}, "set stable.subset and canary.subset, each a different subset"},
-		{"a virtualService route between two Services is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "set stable.subset and canary.subset, each a different subset"},
+		{"a virtualService route between two Services", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = vsRoute()
 			u.Spec.Route.Canary.Name = "reviews-canary"
-		}, "spec.route: with virtualService, stable and canary are two subsets of one Service: give them the same namespace and name"},
-		{"a virtualService route without a DestinationRule is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "spec.route: with virtualService, stable and canary are two subsets of one Service: give them the same namespace and name"},
+		{"a virtualService route without a DestinationRule", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = vsRoute()
 			u.Spec.Route.VirtualService.DestinationRule = ""
-		}, "spec.route.virtualService.destinationRule in body should be at least 1 chars long"},
-		{"a subset on an httpRoute is refused", func(u *ztv1.RevisionUpgrade) {
+		}), "spec.route.virtualService.destinationRule in body should be at least 1 chars long"},
+		{"a subset on an httpRoute", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = &ztv1.RouteSpec{
 				HTTPRoute: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
 				Stable:    ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80, Subset: "v1"},
 				Canary:    ztv1.BackendRef{Namespace: "b", Name: "c", Port: 80},
 			}
-		}, "spec.route: subset is for virtualService routes; an httpRoute sends to whole Services, so remove stable.subset and canary.subset"},
-		{"an unknown node strategy is refused", func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = "Yolo" },
+		}), "spec.route: subset is for virtualService routes; an httpRoute sends to whole Services, so remove stable.subset and canary.subset"},
+		{"an unknown node strategy", created(validUpgrade, func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = "Yolo" }),
 			`spec.nodeStrategy: Unsupported value: "Yolo": supported values: "Drain", "Handoff"`},
-		{"a backend port out of range is refused", func(u *ztv1.RevisionUpgrade) {
+		{"a backend port out of range", created(validUpgrade, func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Route = &ztv1.RouteSpec{
 				HTTPRoute: &ztv1.ObjectRef{Namespace: "default", Name: "r"},
 				Stable:    ztv1.BackendRef{Namespace: "a", Name: "s", Port: 80},
 				Canary:    ztv1.BackendRef{Namespace: "b", Name: "c", Port: 70000},
 			}
-		}, "spec.route.canary.port in body should be less than or equal to 65535"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			u := validUpgrade()
-			u.Name = "bad"
-			tc.mutate(u)
-			err := c.Create(context.Background(), u)
-			if !apierrors.IsInvalid(err) {
-				t.Fatalf("create: err = %v, want Invalid", err)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("message does not say %q:\n%v", tc.want, err)
-			}
-			if gerr := c.Get(context.Background(), client.ObjectKey{Name: "bad"}, &ztv1.RevisionUpgrade{}); !apierrors.IsNotFound(gerr) {
-				t.Errorf("refused object was stored (get: %v)", gerr)
-			}
-		})
+		}), "spec.route.canary.port in body should be less than or equal to 65535"},
 	}
 }
 
@@ -214,14 +229,6 @@ func TestValidUpgradeIsAcceptedWithDefaults(t *testing.T) {
 		t.Errorf("defaults not applied: %+v", got.Spec)
 	}
 
-	t.Run("to cannot change once the upgrade exists", func(t *testing.T) {
-		changed := got.DeepCopy()
-		changed.Spec.To = "1-19-0"
-		err := c.Update(context.Background(), changed)
-		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.to cannot change once the upgrade exists") {
-			t.Fatalf("update to: err = %v, want the immutability message", err)
-		}
-	})
 	t.Run("steps may change while valid", func(t *testing.T) {
 		changed := got.DeepCopy()
 		changed.Spec.Steps[2].Pause = nil
@@ -246,9 +253,5 @@ func TestNodeCaptureIsClusterScopedWithStatus(t *testing.T) {
 	}
 	if err := c.Status().Update(context.Background(), nc); err != nil {
 		t.Fatalf("status update: %v", err)
-	}
-	nc.Status.Verdict = "Great"
-	if err := c.Status().Update(context.Background(), nc); !apierrors.IsInvalid(err) {
-		t.Errorf("unknown verdict: err = %v, want Invalid", err)
 	}
 }
