@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -367,20 +368,21 @@ func profileLoop(b *testing.B, dir string, port int) func() {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	save := func(path, name string) {
+	save := func(path, name string) bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, path))
 		if err != nil {
 			b.Logf("profile %s: %v", path, err)
-			return
+			return false
 		}
 		defer resp.Body.Close()
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			b.Logf("profile %s: %v", path, err)
-			return
+			return false
 		}
 		defer f.Close()
-		_, _ = io.Copy(f, resp.Body)
+		_, err = io.Copy(f, resp.Body)
+		return err == nil
 	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -391,12 +393,22 @@ func profileLoop(b *testing.B, dir string, port int) func() {
 				return
 			default:
 			}
-			save("profile?seconds=10", fmt.Sprintf("cpu-%03d.pprof", i))
+			if !save("profile?seconds=10", fmt.Sprintf("cpu-%03d.pprof", i)) {
+				return // the orchestrator is gone
+			}
 		}
 	}()
+	var once sync.Once
+	stopLoop := func() {
+		once.Do(func() {
+			close(stop)
+			<-done
+		})
+	}
+	// A benchmark that fails stops the loop too.
+	b.Cleanup(stopLoop)
 	return func() {
-		close(stop)
-		<-done
+		stopLoop()
 		save("heap", "heap.pprof")
 		save("allocs", "allocs.pprof")
 	}

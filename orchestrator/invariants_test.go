@@ -48,6 +48,10 @@ type watcher struct {
 	nodes    map[string]nodeFacts      // node → labels the invariants read
 	twoSince map[string]time.Time      // node → since when it runs two ztunnel revisions
 	maxTwo   time.Duration
+	// synced: the initial list of pods is counted. Before, a node may show its
+	// ambient pods and not yet its ztunnel (the list comes in name order), so
+	// nothing is judged until then.
+	synced bool
 
 	events     int
 	violated   int
@@ -91,11 +95,12 @@ func (e *env) watchInvariants(strategy ztv1.NodeStrategy) *watcher {
 	if err := nodes.SetTransform(slimWatchedNode); err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { w.pod(o, false) },
-		UpdateFunc: func(_, o any) { w.pod(o, false) },
-		DeleteFunc: func(o any) { w.pod(o, true) },
-	}); err != nil {
+	reg, err := pods.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc:    func(o any, initial bool) { w.pod(o, false, initial) },
+		UpdateFunc: func(_, o any) { w.pod(o, false, false) },
+		DeleteFunc: func(o any) { w.pod(o, true, false) },
+	})
+	if err != nil {
 		e.t.Fatal(err)
 	}
 	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -107,9 +112,28 @@ func (e *env) watchInvariants(strategy ztv1.NodeStrategy) *watcher {
 	}
 	stop := make(chan struct{})
 	f.Start(stop)
-	f.WaitForCacheSync(stop)
 	e.t.Cleanup(func() { close(stop); f.Shutdown() })
+	f.WaitForCacheSync(stop)
+	// The handler has counted the initial list once its registration has synced.
+	if !cache.WaitForCacheSync(stop, reg.HasSynced) {
+		e.t.Fatal("the invariant watcher's pod handler did not sync")
+	}
+	w.mu.Lock()
+	w.startChecking()
+	w.mu.Unlock()
 	return w
+}
+
+// startChecking judges every worker once the initial pods are counted, then each
+// node as its events come; w.mu is held.
+func (w *watcher) startChecking() {
+	if w.synced {
+		return
+	}
+	w.synced = true
+	for n := range w.workers {
+		w.checkNode(n)
+	}
 }
 
 func slimWatchedPod(o any) (any, error) {
@@ -180,7 +204,7 @@ func (w *watcher) count(f podFacts, sign int) {
 	}
 }
 
-func (w *watcher) pod(o any, deleted bool) {
+func (w *watcher) pod(o any, deleted, initial bool) {
 	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o, deleted = t.Obj, true
 	}
@@ -203,6 +227,10 @@ func (w *watcher) pod(o any, deleted bool) {
 		w.count(now, 1)
 		w.pods[key] = now
 	}
+	if initial {
+		return
+	}
+	w.startChecking()
 	if had && old.node != "" && old.node != now.node {
 		w.checkNode(old.node)
 	}
@@ -239,7 +267,7 @@ func (w *watcher) violate(format string, args ...any) {
 
 // checkNode checks one worker's invariants; w.mu is held.
 func (w *watcher) checkNode(n string) {
-	if !w.workers[n] {
+	if !w.synced || !w.workers[n] {
 		return
 	}
 	ambient, ready, revs := w.ambient[n], w.ready[n], len(w.revs[n])
