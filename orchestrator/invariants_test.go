@@ -76,14 +76,7 @@ type nodeFacts struct {
 // every worker holding ambient pods has a Ready ztunnel (with Handoff) or exactly one
 // ztunnel revision, Ready (with Drain), and how long two revisions share a node.
 func (e *env) watchInvariants(strategy ztv1.NodeStrategy) *watcher {
-	w := &watcher{
-		strategy: strategy, workers: map[string]bool{},
-		pods: map[string]podFacts{}, revs: map[string]map[string]int{}, ready: map[string]int{},
-		ambient: map[string]int{}, nodes: map[string]nodeFacts{}, twoSince: map[string]time.Time{},
-	}
-	for _, n := range e.workers() {
-		w.workers[n] = true
-	}
+	w := newWatcher(strategy, e.workers())
 	f := informers.NewSharedInformerFactory(e.cluster.Client, 0)
 	pods := f.Core().V1().Pods().Informer()
 	nodes := f.Core().V1().Nodes().Informer()
@@ -134,6 +127,18 @@ func (w *watcher) startChecking() {
 	for n := range w.workers {
 		w.checkNode(n)
 	}
+}
+
+func newWatcher(strategy ztv1.NodeStrategy, workers []string) *watcher {
+	w := &watcher{
+		strategy: strategy, workers: map[string]bool{},
+		pods: map[string]podFacts{}, revs: map[string]map[string]int{}, ready: map[string]int{},
+		ambient: map[string]int{}, nodes: map[string]nodeFacts{}, twoSince: map[string]time.Time{},
+	}
+	for _, n := range workers {
+		w.workers[n] = true
+	}
+	return w
 }
 
 func slimWatchedPod(o any) (any, error) {
