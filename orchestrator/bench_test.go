@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,6 +93,10 @@ type scaleResult struct {
 	reconciles       float64
 	peakRSS          int64
 	heapInUse        float64
+	// invariantEvents is how many pod and node events the invariant watcher
+	// checked; overlap the longest time a node ran two ztunnel revisions.
+	invariantEvents int
+	overlap         time.Duration
 }
 
 type stepResult struct {
@@ -158,6 +163,8 @@ func printScaleTable(results []scaleResult) {
 	row("peak RSS MB", func(r scaleResult) string { return fmt.Sprintf("%.0f", float64(r.peakRSS)/(1<<20)) })
 	row("Go heap in use at end MB", func(r scaleResult) string { return fmt.Sprintf("%.0f", r.heapInUse/(1<<20)) })
 	row("upgrade wall time", func(r scaleResult) string { return r.total.Round(time.Second).String() })
+	row("invariant events checked", func(r scaleResult) string { return strconv.Itoa(r.invariantEvents) })
+	row("longest two-ztunnel overlap", func(r scaleResult) string { return r.overlap.Round(100 * time.Millisecond).String() })
 }
 
 func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
@@ -230,7 +237,11 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	setup := time.Since(began)
 
 	port := freePort(b)
-	e := &env{t: b, cluster: cl, c: c}
+	e := &env{t: b, cluster: cl, c: c, nodes: nodes + 1}
+	// DESIGN.md invariant 1 on every pod and node event from here on: no worker with
+	// ambient pods lacks a Ready ztunnel, two revisions share a node only for a
+	// bounded time.
+	w := e.watchInvariants(ztv1.NodeStrategyHandoff)
 	var extra []string
 	pprofPort, profDir := 0, os.Getenv("ZTCANARY_BENCH_PROFILE")
 	if profDir != "" {
@@ -268,9 +279,21 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 		if u.Status.Phase == ztv1.PhaseRolledBack || u.Status.Phase == ztv1.PhaseFailed {
 			return false, fmt.Errorf("upgrade %s: %s", u.Status.Phase, u.Status.Message)
 		}
+		if err := w.Err(); err != nil {
+			return false, err
+		}
 		return u.Status.Phase == ztv1.PhaseSucceeded, nil
 	}))
 	res.total = time.Since(start)
+	// Invariants 2 and 4 as far as they apply without agents: every worker on the
+	// to revision, served by its ztunnel alone, and the pinning as the upgrade set it.
+	must(w.waitOn(ctx, toRev, 2*time.Minute))
+	must(checkPinning(ctx, c, upgrade))
+	w.assert(b, upgrade.Spec.StepTimeout.Duration)
+	if b.Failed() {
+		b.FailNow()
+	}
+	res.invariantEvents, res.overlap = w.Events(), w.LongestOverlap()
 	stopProfiles()
 	m := scrape(b, port)
 	res.peakRSS = peakRSS(b, pid)
@@ -306,6 +329,8 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	fmt.Printf("  %.0f reconciles; API writes: %.0f node patches (%.2f per node moved), %.0f evictions, %.0f pin patches, %.0f status patches; requests by method: %v\n",
 		res.reconciles, res.writes["node"], res.writes["node"]/moved, res.writes["eviction"], res.writes["pin"], res.writes["status"], res.requests)
 	fmt.Printf("  orchestrator peak RSS %.0f MB, Go heap in use at the end %.0f MB\n", float64(res.peakRSS)/(1<<20), res.heapInUse/(1<<20))
+	fmt.Printf("  invariants held: %d pod and node events checked, longest two-ztunnel overlap %s; every worker on %s, pinning consistent\n",
+		res.invariantEvents, res.overlap.Round(100*time.Millisecond), toRev)
 	return res
 }
 
@@ -343,20 +368,21 @@ func profileLoop(b *testing.B, dir string, port int) func() {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	save := func(path, name string) {
+	save := func(path, name string) bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, path))
 		if err != nil {
 			b.Logf("profile %s: %v", path, err)
-			return
+			return false
 		}
 		defer resp.Body.Close()
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			b.Logf("profile %s: %v", path, err)
-			return
+			return false
 		}
 		defer f.Close()
-		_, _ = io.Copy(f, resp.Body)
+		_, err = io.Copy(f, resp.Body)
+		return err == nil
 	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -367,12 +393,22 @@ func profileLoop(b *testing.B, dir string, port int) func() {
 				return
 			default:
 			}
-			save("profile?seconds=10", fmt.Sprintf("cpu-%03d.pprof", i))
+			if !save("profile?seconds=10", fmt.Sprintf("cpu-%03d.pprof", i)) {
+				return // the orchestrator is gone
+			}
 		}
 	}()
+	var once sync.Once
+	stopLoop := func() {
+		once.Do(func() {
+			close(stop)
+			<-done
+		})
+	}
+	// A benchmark that fails stops the loop too.
+	b.Cleanup(stopLoop)
 	return func() {
-		close(stop)
-		<-done
+		stopLoop()
 		save("heap", "heap.pprof")
 		save("allocs", "allocs.pprof")
 	}

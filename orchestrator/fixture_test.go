@@ -22,8 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
@@ -352,115 +350,6 @@ func seedUpgrade(name string, strategy ztv1.NodeStrategy, steps ...ztv1.Step) *z
 }
 
 func nodesStep(n intstr.IntOrString) ztv1.Step { return ztv1.Step{Nodes: n} }
-
-// watcher checks the ztunnel invariants on every pod and node event of the run,
-// not only at the end.
-type watcher struct {
-	mu         sync.Mutex
-	violations []string
-	twoSince   map[string]time.Time
-	maxTwo     time.Duration
-	events     int
-}
-
-// watchInvariants starts informers on the cluster and checks, after each event, that
-// every worker holding ambient pods has a Ready ztunnel (with Handoff) or exactly one
-// ztunnel revision, Ready (with Drain), and how long two revisions share a node.
-func (e *env) watchInvariants(strategy ztv1.NodeStrategy) *watcher {
-	w := &watcher{twoSince: map[string]time.Time{}}
-	f := informers.NewSharedInformerFactory(e.cluster.Client, 0)
-	pods := f.Core().V1().Pods().Informer()
-	nodes := f.Core().V1().Nodes().Informer()
-	check := func(any) { w.check(strategy, pods.GetStore(), e.workers()) }
-	h := cache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }, DeleteFunc: check}
-	if _, err := pods.AddEventHandler(h); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := nodes.AddEventHandler(h); err != nil {
-		e.t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	f.Start(stop)
-	f.WaitForCacheSync(stop)
-	e.t.Cleanup(func() { close(stop); f.Shutdown() })
-	return w
-}
-
-func podReady(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func (w *watcher) check(strategy ztv1.NodeStrategy, store cache.Store, workers []string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.events++
-	ready := map[string]int{}
-	revs := map[string]map[string]bool{}
-	ambient := map[string]int{}
-	for _, o := range store.List() {
-		p := o.(*corev1.Pod)
-		if p.Spec.NodeName == "" {
-			continue
-		}
-		switch {
-		case p.Namespace == istioNS && p.Labels["app"] == "ztunnel":
-			if revs[p.Spec.NodeName] == nil {
-				revs[p.Spec.NodeName] = map[string]bool{}
-			}
-			revs[p.Spec.NodeName][p.Annotations[revKey]] = true
-			if podReady(p) {
-				ready[p.Spec.NodeName]++
-			}
-		case strings.HasPrefix(p.Namespace, "bookinfo-") && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning:
-			ambient[p.Spec.NodeName]++
-		}
-	}
-	now := time.Now()
-	for _, n := range workers {
-		if ambient[n] > 0 && ready[n] == 0 {
-			w.violations = append(w.violations, fmt.Sprintf("%s: %d ambient pods and no Ready ztunnel", n, ambient[n]))
-		}
-		if strategy == ztv1.NodeStrategyDrain && ambient[n] > 0 && len(revs[n]) > 1 {
-			w.violations = append(w.violations, fmt.Sprintf("%s: ztunnel swapped under %d ambient pods (Drain)", n, ambient[n]))
-		}
-		if len(revs[n]) > 1 {
-			if _, ok := w.twoSince[n]; !ok {
-				w.twoSince[n] = now
-			}
-		} else if since, ok := w.twoSince[n]; ok {
-			w.maxTwo = max(w.maxTwo, now.Sub(since))
-			delete(w.twoSince, n)
-		}
-	}
-}
-
-func (w *watcher) assert(t testing.TB, bound time.Duration) {
-	t.Helper()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.events == 0 {
-		t.Fatal("the invariant watcher saw no event")
-	}
-	if len(w.violations) > 0 {
-		t.Errorf("%d invariant violations, first: %s", len(w.violations), strings.Join(w.violations[:min(5, len(w.violations))], "; "))
-	}
-	for n, since := range w.twoSince {
-		w.maxTwo = max(w.maxTwo, time.Since(since))
-		t.Errorf("node %s still runs two ztunnel revisions", n)
-	}
-	if w.maxTwo > bound {
-		t.Errorf("a node ran two ztunnel revisions for %s, more than %s", w.maxTwo, bound)
-	}
-	t.Logf("invariant watcher: %d events, longest two-revision overlap %s", w.events, w.maxTwo.Round(time.Millisecond))
-}
 
 // loadGatewayCRDs reads the real Gateway API CRDs (standard channel plus the
 // experimental-only kinds) from the module cache.

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -232,7 +233,10 @@ func objectFor(kind, ns, name string) client.Object {
 }
 
 // applyPins pins every target; merge patches are idempotent, so a restart repeats
-// them harmlessly.
+// them harmlessly. A target whose template (as cached) already holds what its patch
+// would write is not written again: the Pinning stage runs a pass on every change
+// while the ztunnel DaemonSets roll out, and on a large cluster it pins tens of
+// workloads per pass.
 func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
 	targets, err := r.pinTargets(ctx, u)
 	if err != nil {
@@ -243,6 +247,11 @@ func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) err
 		if err != nil {
 			return err
 		}
+		if pinned, err := patchesNothing(t.template, patch); err != nil {
+			return fmt.Errorf("pin %s %s/%s: %w", t.kind, t.obj.GetNamespace(), t.obj.GetName(), err)
+		} else if pinned {
+			continue
+		}
 		countWrite("pin")
 		if err := r.Client.Patch(ctx, objectFor(t.kind, t.obj.GetNamespace(), t.obj.GetName()),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
@@ -250,6 +259,60 @@ func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) err
 		}
 	}
 	return nil
+}
+
+// patchesNothing reports whether the merge patch pinPatch made for a workload (it
+// touches only spec.template.spec) leaves the pod template t as it is.
+func patchesNothing(t *corev1.PodTemplateSpec, patch []byte) (bool, error) {
+	var p struct {
+		Spec struct {
+			Template struct {
+				Spec map[string]any `json:"spec"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(patch, &p); err != nil {
+		return false, err
+	}
+	cur, err := json.Marshal(&t.Spec)
+	if err != nil {
+		return false, err
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(cur, &doc); err != nil {
+		return false, err
+	}
+	merged, err := json.Marshal(mergePatch(doc, p.Spec.Template.Spec))
+	if err != nil {
+		return false, err
+	}
+	var after corev1.PodSpec
+	if err := json.Unmarshal(merged, &after); err != nil {
+		return false, err
+	}
+	// Semantic equality: a map the patch empties equals the absent one the API
+	// server stores.
+	return equality.Semantic.DeepEqual(&t.Spec, &after), nil
+}
+
+// mergePatch applies a JSON merge patch (RFC 7386) to a decoded JSON document.
+func mergePatch(doc any, patch any) any {
+	pm, ok := patch.(map[string]any)
+	if !ok {
+		return patch
+	}
+	dm, ok := doc.(map[string]any)
+	if !ok {
+		dm = map[string]any{}
+	}
+	for k, v := range pm {
+		if v == nil {
+			delete(dm, k)
+			continue
+		}
+		dm[k] = mergePatch(dm[k], v)
+	}
+	return dm
 }
 
 // restorePins writes back every recorded pinning.

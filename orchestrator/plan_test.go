@@ -245,3 +245,46 @@ func TestPinPatchIsTheSameOnAPinnedDaemonSet(t *testing.T) {
 		t.Errorf("pinning a pinned DaemonSet again patches\n%s\nnot the first patch\n%s\n(a restart or a second pass would change the template, rolling every ztunnel)", again, first)
 	}
 }
+
+func TestPinIsSkippedOnlyWhenItChangesNothing(t *testing.T) {
+	u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{NodeLabel: "istio.io/rev", Ztunnel: ztv1.ZtunnelSpec{HandoffLabel: "ztcanary.io/handoff"}}}
+	dsWith := func(sel map[string]string, aff *corev1.NodeSelector) *appsv1.DaemonSet {
+		ds := &appsv1.DaemonSet{}
+		ds.Name, ds.Namespace = "ztunnel-1-18-0", "istio-system"
+		ds.Spec.Template.Spec.NodeSelector = sel
+		if aff != nil {
+			ds.Spec.Template.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: aff}}
+		}
+		return ds
+	}
+	ours := handoffAffinity(nil, "istio.io/rev", "ztcanary.io/handoff", "1-18-0")
+	cases := []struct {
+		name     string
+		sel      map[string]string
+		aff      *corev1.NodeSelector
+		affinity bool
+		want     bool
+	}{
+		{"a nodeSelector already on the revision is skipped", map[string]string{"disk": "ssd", "istio.io/rev": "1-18-0"}, nil, false, true},
+		{"a nodeSelector on another revision is written", map[string]string{"istio.io/rev": "1-17-0"}, nil, false, false},
+		{"a missing nodeSelector is written", nil, nil, false, false},
+		{"the handoff affinity already in place is skipped", map[string]string{"kubernetes.io/os": "linux"}, ours, true, true},
+		{"the handoff affinity with the selector key still set is written", map[string]string{"istio.io/rev": "1-18-0"}, ours, true, false},
+		{"a nodeSelector to replace by the handoff affinity is written", map[string]string{"istio.io/rev": "1-18-0"}, nil, true, false},
+		{"the handoff affinity of another revision is written", nil, handoffAffinity(nil, "istio.io/rev", "ztcanary.io/handoff", "1-18-1"), true, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := dsWith(tc.sel, tc.aff)
+			target := pinTarget{kind: "DaemonSet", obj: ds, template: &ds.Spec.Template, revision: "1-18-0", affinity: tc.affinity}
+			patch, err := pinPatch(u, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := patchesNothing(&ds.Spec.Template, patch)
+			if err != nil || got != tc.want {
+				t.Errorf("patchesNothing = %v, %v; want %v (patch %s)", got, err, tc.want, patch)
+			}
+		})
+	}
+}
