@@ -121,21 +121,22 @@ func (d *demo) printAgents(ctx context.Context, u *ztv1.RevisionUpgrade) {
 			rev = node.Labels[seed.RevisionKey]
 		}
 		proof := "-"
-		if s, ok := status[w]; ok && s.Phase == ztv1.NodeCanary {
-			proof = "not verified"
-			if s.Verified {
-				by := s.CapturedBy
-				if by == "" {
-					by = "(no ambient pods)"
-				}
-				proof = "verified, capturedBy " + by
+		if s, ok := status[w]; ok {
+			proof = string(s.Phase)
+			switch {
+			case s.Verified && s.CapturedBy != "":
+				proof += ", verified: " + s.CapturedBy
+			case s.Verified:
+				proof += ", verified: no pods"
+			case s.Phase == ztv1.NodeCanary:
+				proof += ", not verified"
 			}
 		}
 		agent := "no NodeCapture"
 		if nc, err := d.nodeCapture(ctx, w); err == nil && nc != nil {
 			agent = captureSummary(nc)
 		}
-		fmt.Printf("      agent  %-16s rev %-7s status: %-27s NodeCapture %s\n", w, rev, proof, agent)
+		fmt.Printf("      agent  %-16s rev %-7s status %-27s NodeCapture %s\n", w, rev, proof, agent)
 	}
 }
 

@@ -34,9 +34,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ztcanary/ztcanary/kind/seed"
@@ -102,6 +104,8 @@ type demo struct {
 // test to check; it is returned even when the demo fails.
 func run(ctx context.Context, o options) (out *outcome, err error) {
 	out = &outcome{}
+	// The clients log nothing the demo's reader needs (server-side apply warnings).
+	ctrllog.SetLogger(logr.Discard())
 	if o.nodes < 3 {
 		return out, fmt.Errorf("-nodes %d: want at least 3 (a control plane and two workers)", o.nodes)
 	}
