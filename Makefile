@@ -56,7 +56,7 @@ sim-down:
 	@$(SIM) down -dir $(SIM_DIR)
 
 ## demo: a full canary upgrade with traffic through Traefik and eBPF node agents, then a failed one rolled back (root: real traffic and agents)
-demo: sim-binaries optional-binaries build
+demo: sim-binaries build
 	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator -agent bin/ztcanary-agent
 
 ## bench: run the benchmarks and print their figures

@@ -122,8 +122,13 @@ func run(ctx context.Context, o options) (out *outcome, err error) {
 	}
 	var traefikBin string
 	if traffic {
+		say("getting Traefik %s, the Gateway API data plane (cached; the first run builds it, about 6 minutes, or waits for a build already running)", sim.TraefikVersion)
+		began := time.Now()
 		if traefikBin, err = sim.EnsureTraefik(ctx, prefixed{}); err != nil {
 			return out, err
+		}
+		if took := time.Since(began); took > 5*time.Second {
+			say("Traefik ready after %s", took.Round(time.Second))
 		}
 	}
 
