@@ -60,9 +60,9 @@ sim-up:
 sim-down:
 	@$(SIM) down -dir $(SIM_DIR)
 
-## demo: a full canary upgrade with traffic through Traefik, then a failed one rolled back (root: real traffic)
-demo: sim-binaries optional-binaries build
-	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator
+## demo: a full canary upgrade with traffic through Traefik and eBPF node agents, then a failed one rolled back (root: real traffic and agents)
+demo: sim-binaries build
+	$(GO) run ./kind/demo -orchestrator bin/ztcanary-orchestrator -agent bin/ztcanary-agent
 
 ## bench: run the benchmarks and print their figures
 bench: sim-binaries optional-binaries

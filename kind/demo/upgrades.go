@@ -41,7 +41,7 @@ func (d *demo) upgrade(name, from, to string, steps ...ztv1.Step) *ztv1.Revision
 			Analysis:    ztv1.Analysis{AgentVerification: ztv1.AgentVerificationDisabled},
 		},
 	}
-	if d.agents {
+	if d.dp != nil {
 		u.Spec.Analysis.AgentVerification = ztv1.AgentVerificationRequired
 	}
 	if d.net != nil {
@@ -70,6 +70,7 @@ func (d *demo) goodUpgrade(ctx context.Context) error {
 		ztv1.Step{Nodes: intstr.FromString("75%"), Traffic: weight(50), Pause: manual},
 		ztv1.Step{Nodes: intstr.FromString("100%"), Traffic: weight(100), Pause: manual},
 	)
+	d.upgradeNo = 1
 	say("upgrade 1: %s → %s (Drain), four waves: 1 node + test header rule, 50%% + weight 10, 75%% + weight 50, 100%% + weight 100; each wave pauses until the demo has measured the traffic and promotes it", stable, canary)
 	fmt.Println(tableHeader(stable, canary))
 	if err := d.printRow(ctx, "before", stable, canary); err != nil {
@@ -78,12 +79,17 @@ func (d *demo) goodUpgrade(ctx context.Context) error {
 	if err := d.c.Create(ctx, u); err != nil {
 		return fmt.Errorf("create upgrade %s: %w", u.Name, err)
 	}
-	end, err := d.follow(ctx, u.Name, d.promoteEachStep(ctx, func(i int) error {
-		return d.printRow(ctx, fmt.Sprintf("%d/%d", i+1, len(u.Spec.Steps)), stable, canary)
+	end, err := d.follow(ctx, u.Name, d.promoteEachStep(ctx, func(paused *ztv1.RevisionUpgrade, i int) error {
+		if err := d.printRow(ctx, fmt.Sprintf("%d/%d", i+1, len(u.Spec.Steps)), stable, canary); err != nil {
+			return err
+		}
+		d.printAgents(ctx, paused)
+		return nil
 	}))
 	if err != nil {
 		return err
 	}
+	d.out.First = end.Status
 	if end.Status.Phase != ztv1.PhaseSucceeded {
 		return fmt.Errorf("upgrade 1 ended %s: %s", end.Status.Phase, end.Status.Message)
 	}
@@ -93,9 +99,9 @@ func (d *demo) goodUpgrade(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(row("done", d.countNodes(ctx, stable), d.countNodes(ctx, canary), gatewayroutes.Split{CanaryWeight: 100}, s))
+	d.show(ctx, "done", stable, canary, gatewayroutes.Split{CanaryWeight: 100}, s)
 	d.printNodes(ctx)
-	return nil
+	return d.waitCaptured(ctx, end, canary)
 }
 
 // failedUpgrade tries broken, whose reviews answer 503: the traffic gate of the first
@@ -116,6 +122,7 @@ func (d *demo) failedUpgrade(ctx context.Context) error {
 		u.Spec.StepTimeout = &metav1.Duration{Duration: 15 * time.Second}
 		say("upgrade 2: %s → %s, whose workloads ask for more CPU than any node has: the first wave must time out (15s)", canary, broken)
 	}
+	d.upgradeNo = 2
 	labelsBefore := d.nodeLabels(ctx)
 	routeBefore, err := d.routeRules(ctx)
 	if err != nil {
@@ -144,12 +151,15 @@ func (d *demo) failedUpgrade(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println(row("1/2", d.countNodes(ctx, canary), d.countNodes(ctx, broken), split, s))
+		d.show(ctx, "1/2", canary, broken, split, s)
+		// The agents proved the wave's ztunnel swap: what fails is the release itself.
+		d.printAgents(ctx, u)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	d.out.Second = end.Status
 	if end.Status.Phase != ztv1.PhaseRolledBack {
 		return fmt.Errorf("upgrade 2 ended %s, want RolledBack: %s", end.Status.Phase, end.Status.Message)
 	}
@@ -164,6 +174,7 @@ func (d *demo) failedUpgrade(ctx context.Context) error {
 	if routeAfter != routeBefore {
 		return fmt.Errorf("rollback left the route's rules\n%s\nwere\n%s", routeAfter, routeBefore)
 	}
+	d.out.Restored = true
 	say("rollback is exact: node labels (%s) and the route's rules are as before the upgrade", labelsBefore)
 	if d.net != nil {
 		// Even with the test header, everything goes to the stable revision again.
@@ -171,14 +182,14 @@ func (d *demo) failedUpgrade(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println(row("after", d.countNodes(ctx, canary), d.countNodes(ctx, broken), gatewayroutes.Split{}, s))
+		d.show(ctx, "after", canary, broken, gatewayroutes.Split{}, s)
 		if s.plain.CanaryShare != 0 || s.header.CanaryShare != 0 || s.plain.SuccessRate != 1 || s.header.SuccessRate != 1 {
 			return fmt.Errorf("after rollback: canary share %.1f%% (%.1f%% with the test header), success %.1f%%; want all traffic on %s", 100*s.plain.CanaryShare, 100*s.header.CanaryShare, 100*s.plain.SuccessRate, canary)
 		}
 		say("traffic is 100%% %s again, test header or not", canary)
 	}
 	d.printNodes(ctx)
-	return nil
+	return d.waitCaptured(ctx, end, canary)
 }
 
 // starveWorkloads makes a namespace's Deployments unschedulable (64 CPUs each).
@@ -202,8 +213,16 @@ func (d *demo) printRow(ctx context.Context, step, from, to string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(row(step, d.countNodes(ctx, from), d.countNodes(ctx, to), split, s))
+	d.show(ctx, step, from, to, split, s)
 	return nil
+}
+
+// show prints a table line and records the sample in the outcome.
+func (d *demo) show(ctx context.Context, step, from, to string, split gatewayroutes.Split, s *sample) {
+	fmt.Println(row(step, d.countNodes(ctx, from), d.countNodes(ctx, to), split, s))
+	if s != nil {
+		d.out.Samples = append(d.out.Samples, stepSample{Upgrade: d.upgradeNo, Step: step, Weight: split.CanaryWeight, Header: split.Header != nil, Sample: s})
+	}
 }
 
 // follow prints the upgrade's progress (a line per change of phase, step or stage,
@@ -249,8 +268,8 @@ func (d *demo) follow(ctx context.Context, name string, hook func(*ztv1.Revision
 }
 
 // promoteEachStep is a follow hook: when a step waits for a manual promote, it calls
-// paused with the step index, then promotes the step.
-func (d *demo) promoteEachStep(ctx context.Context, paused func(step int) error) func(*ztv1.RevisionUpgrade) error {
+// paused with the upgrade and the step index, then promotes the step.
+func (d *demo) promoteEachStep(ctx context.Context, paused func(u *ztv1.RevisionUpgrade, step int) error) func(*ztv1.RevisionUpgrade) error {
 	promoted := -1
 	return func(u *ztv1.RevisionUpgrade) error {
 		c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused)
@@ -258,7 +277,7 @@ func (d *demo) promoteEachStep(ctx context.Context, paused func(step int) error)
 		if u.Status.Phase != ztv1.PhasePaused || c == nil || c.Reason != "AwaitingPromote" || i <= promoted {
 			return nil
 		}
-		if err := paused(i); err != nil {
+		if err := paused(u, i); err != nil {
 			return err
 		}
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, ztv1.AnnotationPromote, strconv.Itoa(i))
