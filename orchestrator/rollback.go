@@ -127,7 +127,8 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 }
 
 // canaryPodsOnRestoredNodes lists pods of the to revision's workload namespaces that
-// still run on nodes rolled back to another revision.
+// still run on nodes rolled back to another revision and were created before the
+// Evicting stage began (status.stepStartedAt), that is under the upgrade's pinning.
 func (r *Reconciler) canaryPodsOnRestoredNodes(ctx context.Context, u *ztv1.RevisionUpgrade) ([]*corev1.Pod, error) {
 	restored := map[string]bool{}
 	for _, n := range u.Status.Nodes {
@@ -146,9 +147,18 @@ func (r *Reconciler) canaryPodsOnRestoredNodes(ctx context.Context, u *ztv1.Revi
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
-			if restored[p.Spec.NodeName] && p.DeletionTimestamp == nil && !podFinished(p) {
-				out = append(out, p)
+			if !restored[p.Spec.NodeName] || p.DeletionTimestamp != nil || podFinished(p) {
+				continue
 			}
+			// A pod created after the pins were restored was placed by the workload's
+			// own (restored) scheduling, which may well allow a restored node: evicting
+			// it would only bring it back, for ever. Only pods placed under the
+			// upgrade's pinning are evicted (same-second ones too: at worst one more
+			// eviction, whose replacement is then left alone).
+			if u.Status.StepStartedAt != nil && p.CreationTimestamp.After(u.Status.StepStartedAt.Time) {
+				continue
+			}
+			out = append(out, p)
 		}
 	}
 	return out, nil
