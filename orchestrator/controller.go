@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -473,6 +474,26 @@ func capturedBy(nc *ztv1.NodeCapture) string {
 	return ""
 }
 
+// unreportedPods names the pods of placed that the agent could see (running, with an
+// IP, not terminating, not host-network) but its report does not list.
+func unreportedPods(nc *ztv1.NodeCapture, placed []*corev1.Pod) []string {
+	reported := make(map[string]bool, len(nc.Status.Pods))
+	for _, p := range nc.Status.Pods {
+		reported[p.Namespace+"/"+p.Name] = true
+	}
+	var missing []string
+	for _, p := range placed {
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil || p.Spec.HostNetwork {
+			continue
+		}
+		if key := p.Namespace + "/" + p.Name; !reported[key] {
+			missing = append(missing, key)
+		}
+	}
+	slices.Sort(missing)
+	return missing
+}
+
 func summarize(items []string) string {
 	if len(items) > 3 {
 		return fmt.Sprintf("%s and %d more", strings.Join(items[:3], "; "), len(items)-3)
@@ -493,6 +514,19 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 	}
 	captures, err := r.nodeCaptures(ctx)
 	if err != nil {
+		return false, "", err
+	}
+	// The ambient pods the API places on the canary nodes: a report passes only if it
+	// covers each of them (a report made after the swap but before the canary pods
+	// landed would otherwise prove nothing about them).
+	var canary []string
+	for _, n := range u.Status.Nodes {
+		if n.Phase == ztv1.NodeCanary {
+			canary = append(canary, n.Name)
+		}
+	}
+	placed := &world{ambient: map[string][]*corev1.Pod{}}
+	if err := r.readAmbient(ctx, u, placed, canary); err != nil {
 		return false, "", err
 	}
 	matched := map[string]*ztv1.NodeCapture{}
@@ -517,6 +551,12 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 		}
 		switch nc.Status.Verdict {
 		case ztv1.VerdictMatch:
+			if missing := unreportedPods(nc, placed.ambient[n.Name]); len(missing) > 0 {
+				if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
+					return false, fmt.Sprintf("waiting for the agent on %s to report %d more ambient pods (%s)", n.Name, len(missing), summarize(missing)), nil
+				}
+				continue
+			}
 			matched[n.Name] = nc
 		case ztv1.VerdictUnknown, "":
 			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
