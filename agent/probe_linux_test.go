@@ -300,8 +300,10 @@ func TestVanishedNamespaceIsDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 3 || count(b.cookie) != 0 || count(a.cookie) != 3 {
-		t.Errorf("GC deleted %d; left %d owners of the vanished pod, %d of the live one; want 3, 0, 3", n, count(b.cookie), count(a.cookie))
+	// n may count owners of other tests' namespaces too (the programs see the whole
+	// host, and GC keeps only the live set): at least b's three.
+	if n < 3 || count(b.cookie) != 0 || count(a.cookie) != 3 {
+		t.Errorf("GC deleted %d; left %d owners of the vanished pod, %d of the live one; want at least 3, 0, 3", n, count(b.cookie), count(a.cookie))
 	}
 
 	// Closed owners are kept for a while, then collected.
@@ -309,16 +311,18 @@ func TestVanishedNamespaceIsDropped(t *testing.T) {
 	waitFor(t, time.Second, "owners of a closed", func() (bool, string) {
 		owners, _ := p.Snapshot()
 		for _, o := range owners {
-			if o.Listening() {
+			if o.NetnsCookie == a.cookie && o.Listening() {
 				return false, ""
 			}
 		}
 		return true, ""
 	})
-	if n, _ := p.GC(live, time.Now().Add(-time.Hour)); n != 0 {
-		t.Errorf("GC of recently closed owners deleted %d, want 0", n)
+	// GC's count may include owners of other tests' namespaces (not in live): judge
+	// a's owners by what is left.
+	if _, err := p.GC(live, time.Now().Add(-time.Hour)); err != nil || count(a.cookie) != 3 {
+		t.Errorf("GC of recently closed owners: %v; %d of a's owners left, want 3", err, count(a.cookie))
 	}
-	if n, _ := p.GC(live, time.Now().Add(time.Second)); n != 3 || count(a.cookie) != 0 {
-		t.Errorf("GC of closed owners deleted %d, want 3", n)
+	if n, err := p.GC(live, time.Now().Add(time.Second)); err != nil || n < 3 || count(a.cookie) != 0 {
+		t.Errorf("GC of closed owners deleted %d (%v), %d of a's left; want at least 3 deleted, 0 left", n, err, count(a.cookie))
 	}
 }

@@ -110,6 +110,10 @@ func (r *Reconciler) rollback(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		}
 		if len(pods) > 0 {
 			u.Status.Message = fmt.Sprintf("rolling back; evicting %d canary pods from restored nodes", len(pods))
+			for _, p := range pods {
+				log.Info("evicting canary pod", zap.String("pod", p.Namespace+"/"+p.Name), zap.String("node", p.Spec.NodeName),
+					zap.Time("created", p.CreationTimestamp.Time), zap.Bool("terminating", p.DeletionTimestamp != nil))
+			}
 			return ctrl.Result{RequeueAfter: defaultRequeue}, r.evict(ctx, pods)
 		}
 		cond := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionRolledBack)
