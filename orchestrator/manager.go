@@ -145,9 +145,13 @@ func slimPod(obj any) (any, error) {
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 			Labels: p.Labels, Annotations: p.Annotations, OwnerReferences: p.OwnerReferences,
 			DeletionTimestamp: p.DeletionTimestamp, Generation: p.Generation,
+			// Rollback evicts only pods created under the upgrade's pinning.
+			CreationTimestamp: p.CreationTimestamp,
 		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions},
+		// Verification asks the agents to report every pod they can see: running,
+		// with an IP, in the pod network.
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions, PodIP: p.Status.PodIP},
 	}, nil
 }
 
