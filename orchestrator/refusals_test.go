@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -37,6 +36,8 @@ import (
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+
+	"github.com/ztcanary/ztcanary/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/refusals-preflight.md from what the orchestrator says")
@@ -226,6 +227,7 @@ func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
 	}
 	wr := &writes{}
 	c := fake.NewClientBuilder().WithScheme(s).WithObjects(w.objs...).WithObjects(w.services...).WithStatusSubresource(&ztv1.RevisionUpgrade{}).
+		WithIndex(&corev1.Pod{}, podNodeIndex, indexPodNode).WithIndex(&corev1.Pod{}, ztunnelNodeIndex, indexZtunnelNode).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				if _, ok := o.(*ztv1.RevisionUpgrade); !ok {
@@ -615,7 +617,7 @@ func TestPreflightRefusesBadInputAndChangesNothing(t *testing.T) {
 	if len(rows) != len(cases) {
 		return // a case failed or was not run (-run): the table would be partial
 	}
-	goldenFile(t, refusalsFile, preflightTable(rows))
+	golden.Check(t, refusalsFile, preflightTable(rows), *update, "the orchestrator")
 }
 
 var fieldPrefix = regexp.MustCompile(`^spec(\.[A-Za-z]+|\[\d+\])*`)
@@ -649,44 +651,6 @@ func preflightTable(rows []string) string {
 	b.WriteString("|---|---|---|---|\n")
 	for _, r := range rows {
 		b.WriteString(r + "\n")
-	}
-	return b.String()
-}
-
-// goldenFile compares got with path, or rewrites path under -update.
-func goldenFile(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read the golden file (go test -run %s -update writes it): %v", t.Name(), err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from what the orchestrator says (go test -run '^%s$' -update rewrites it):\n%s", path, t.Name(), lineDiff(string(want), got))
-	}
-}
-
-// lineDiff lists the lines only in want (-) and only in got (+), in order.
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			fmt.Fprintf(&b, "- %s\n", l)
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			fmt.Fprintf(&b, "+ %s\n", l)
-		}
-	}
-	if b.Len() == 0 {
-		return "(the same lines in another order)"
 	}
 	return b.String()
 }

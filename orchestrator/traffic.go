@@ -100,7 +100,12 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 	if err != nil {
 		return nil, err
 	}
-	for role, b := range map[string]ztv1.BackendRef{"stable": u.Spec.Route.Stable, "canary": u.Spec.Route.Canary} {
+	// In a fixed order, so that the same input always gets the same message.
+	for _, rb := range []struct {
+		role string
+		ref  ztv1.BackendRef
+	}{{"stable", u.Spec.Route.Stable}, {"canary", u.Spec.Route.Canary}} {
+		role, b := rb.role, rb.ref
 		var svc corev1.Service
 		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: b.Name}, &svc); err != nil {
 			if apierrors.IsNotFound(err) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -195,44 +194,6 @@ func refusalsTable(rows []refusalRow, rules []celRule, constraints int) string {
 	b.WriteString("|---|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", cell(r.input), cell(r.layer), cell(r.field), cell(r.message))
-	}
-	return b.String()
-}
-
-// goldenFile compares got with path, or rewrites path under -update.
-func goldenFile(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read the golden file (go test -run %s -update writes it): %v", t.Name(), err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from what the API server answers (go test -run '^%s$' -update rewrites it):\n%s", path, t.Name(), lineDiff(string(want), got))
-	}
-}
-
-// lineDiff lists the lines only in want (-) and only in got (+), in order.
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			fmt.Fprintf(&b, "- %s\n", l)
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			fmt.Fprintf(&b, "+ %s\n", l)
-		}
-	}
-	if b.Len() == 0 {
-		return "(the same lines in another order)"
 	}
 	return b.String()
 }

@@ -14,6 +14,8 @@ import (
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
+
+	"github.com/ztcanary/ztcanary/internal/golden"
 )
 
 var cluster *sim.Cluster
@@ -92,7 +94,7 @@ func TestAdmissionRefusesBadInputWithAClearMessage(t *testing.T) {
 		}
 	}
 	rows = append(rows, more...)
-	goldenFile(t, refusalsFile, refusalsTable(rows, rules, len(constraints)))
+	golden.Check(t, refusalsFile, refusalsTable(rows, rules, len(constraints)), *update, "the API server")
 }
 
 // ambientRefusals are the refused Ambient upgrades, each a valid upgrade with one
