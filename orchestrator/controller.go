@@ -562,6 +562,13 @@ func (r *Reconciler) verify(ctx context.Context, u *ztv1.RevisionUpgrade, i int)
 			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
 				return false, "the agent on " + n.Name + " cannot tell yet", nil
 			}
+		case ztv1.VerdictMultipleRevisions:
+			// The swap is done in the orchestrator's view (no from ztunnel pod is left
+			// on the node): an agent that still sees two revisions has a lagging view
+			// of the node's pods. Wait; the step timeout bounds it.
+			if u.Spec.Analysis.AgentVerification == ztv1.AgentVerificationRequired {
+				return false, "the agent on " + n.Name + " still sees ztunnels of two revisions", nil
+			}
 		default:
 			return false, "", fmt.Errorf("agent on node %s reports %s: %s", n.Name, nc.Status.Verdict, nc.Status.Message)
 		}
