@@ -284,9 +284,12 @@ func (r *Reconciler) progress(ctx context.Context, log *zap.Logger, u *ztv1.Revi
 		if err := r.applyPins(ctx, u); err != nil {
 			return ctrl.Result{}, err
 		}
-		// A pinned template rolls a ztunnel DaemonSet's pods (a new ztunnel beside
-		// each old one): no node moves until that is over, or a node's newest
-		// ztunnel, which istio-cni hands new pods to, may be one its swap removes.
+		// A pinned ztunnel DaemonSet is held at OnDelete, so its running pods stay,
+		// but it may still remove pods from nodes its pinning no longer selects; one
+		// whose strategy was not recorded (an upgrade started by an older ztcanary)
+		// rolls out its pinned template. No node moves until that is over, or a
+		// node's newest ztunnel, which istio-cni hands new pods to, may be one its
+		// swap removes.
 		settled, msg, err := r.ztunnelsSettled(ctx, u)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -616,6 +619,9 @@ func (r *Reconciler) pause(ctx context.Context, u *ztv1.RevisionUpgrade, i int, 
 	}
 	if err := r.promoteRoute(ctx, u); err != nil {
 		return ctrl.Result{}, fmt.Errorf("clean up route: %w", err)
+	}
+	if err := r.releaseStrategies(ctx, u); err != nil {
+		return ctrl.Result{}, err
 	}
 	r.setPhase(u, ztv1.PhaseSucceeded)
 	r.setStage(u, "Done")

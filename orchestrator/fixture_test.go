@@ -301,7 +301,10 @@ func (e *env) snapshot() snapshot {
 		e.t.Fatal(err)
 	}
 	for _, d := range dss.Items {
-		s.templates["DaemonSet/"+d.Namespace+"/"+d.Name] = pinning(d.Spec.Template)
+		// A ztunnel DaemonSet's update strategy too: ztcanary holds it at OnDelete
+		// while pinned.
+		strategy, _ := json.Marshal(d.Spec.UpdateStrategy)
+		s.templates["DaemonSet/"+d.Namespace+"/"+d.Name] = pinning(d.Spec.Template) + " " + string(strategy)
 	}
 	for _, ns := range []string{fromApps, toApps} {
 		var deps appsv1.DeploymentList

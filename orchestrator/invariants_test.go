@@ -53,6 +53,10 @@ type watcher struct {
 	// nothing is judged until then.
 	synced bool
 
+	// started counts the ztunnel pods created, by revision, after the watcher
+	// began: a forward upgrade starts only to ztunnels, so a from one is a restart.
+	started map[string]int
+
 	events     int
 	violated   int
 	violations []string
@@ -134,6 +138,7 @@ func newWatcher(strategy ztv1.NodeStrategy, workers []string) *watcher {
 		strategy: strategy, workers: map[string]bool{},
 		pods: map[string]podFacts{}, revs: map[string]map[string]int{}, ready: map[string]int{},
 		ambient: map[string]int{}, nodes: map[string]nodeFacts{}, twoSince: map[string]time.Time{},
+		started: map[string]int{},
 	}
 	for _, n := range workers {
 		w.workers[n] = true
@@ -231,6 +236,9 @@ func (w *watcher) pod(o any, deleted, initial bool) {
 		now = factsOf(p)
 		w.count(now, 1)
 		w.pods[key] = now
+		if !had && !initial && p.Namespace == istioNS && p.Labels["app"] == "ztunnel" {
+			w.started[p.Annotations[revKey]]++
+		}
 	}
 	if initial {
 		return
@@ -290,6 +298,14 @@ func (w *watcher) checkNode(n string) {
 		w.maxTwo = max(w.maxTwo, time.Since(since))
 		delete(w.twoSince, n)
 	}
+}
+
+// Started is how many ztunnel pods of revision rev were created since the watcher
+// began.
+func (w *watcher) Started(rev string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.started[rev]
 }
 
 // Events is how many pod and node events the watcher checked.
@@ -431,6 +447,10 @@ func checkPinning(ctx context.Context, c client.Client, u *ztv1.RevisionUpgrade)
 		}
 		seen++
 		pinned("DaemonSet", ds.Namespace, ds.Name, rev, &ds.Spec.Template)
+		// Held at OnDelete while pinned, it has the seed's strategy back at the end.
+		if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType {
+			errs = append(errs, fmt.Errorf("DaemonSet %s/%s has update strategy %s, want its own (RollingUpdate) back", ds.Namespace, ds.Name, ds.Spec.UpdateStrategy.Type))
+		}
 	}
 	if seen != 2 {
 		errs = append(errs, fmt.Errorf("%d ztunnel DaemonSets of %s and %s, want 2", seen, u.Spec.From, u.Spec.To))

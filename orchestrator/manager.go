@@ -132,18 +132,26 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 }
 
 // slimPod keeps, of each cached pod, only what the orchestrator reads: identity,
-// labels, annotations, owners, deletion, node, phase and conditions. Pods are most of
-// a cluster's objects, so this is most of the orchestrator's memory.
+// labels, the annotations it reads (podAnnotations), owners, deletion, node, phase,
+// the Ready condition (type and status) and the pod IP. Pods are most of a cluster's
+// objects, so this is most of the orchestrator's memory.
 func slimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
+	var conds []corev1.PodCondition
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			conds = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+			break
+		}
+	}
 	return &corev1.Pod{
 		TypeMeta: p.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, Annotations: p.Annotations, OwnerReferences: p.OwnerReferences,
+			Labels: p.Labels, Annotations: keepAnnotations(p.Annotations, podAnnotations), OwnerReferences: p.OwnerReferences,
 			DeletionTimestamp: p.DeletionTimestamp, Generation: p.Generation,
 			// Rollback evicts only pods created under the upgrade's pinning.
 			CreationTimestamp: p.CreationTimestamp,
@@ -151,8 +159,26 @@ func slimPod(obj any) (any, error) {
 		// Verification asks the agents to report every pod they can see: running,
 		// with an IP, in the pod network.
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions, PodIP: p.Status.PodIP},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: conds, PodIP: p.Status.PodIP},
 	}, nil
+}
+
+// podAnnotations are the pod annotations the orchestrator reads: the revision, the
+// injector's status and template (sidecar mode, gateways) and its own restart mark.
+var podAnnotations = []string{revisionKey, injectorStatusKey, "inject.istio.io/templates", ztv1.AnnotationRestart}
+
+// keepAnnotations returns the annotations among keys, nil when there are none.
+func keepAnnotations(all map[string]string, keys []string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if v, ok := all[k]; ok {
+			if out == nil {
+				out = make(map[string]string, len(keys))
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // slimNode keeps, of each cached node, what the orchestrator reads: identity, labels,

@@ -113,6 +113,10 @@ func recordPins(u *ztv1.RevisionUpgrade, targets []pinTarget) []ztv1.PinRecord {
 			b, _ := json.Marshal(t.template.Spec.Affinity)
 			rec.Affinity = string(b)
 		}
+		if ds, ok := t.obj.(*appsv1.DaemonSet); ok {
+			b, _ := json.Marshal(ds.Spec.UpdateStrategy)
+			rec.UpdateStrategy = string(b)
+		}
 		out = append(out, rec)
 	}
 	return out
@@ -144,7 +148,16 @@ func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
 			"requiredDuringSchedulingIgnoredDuringExecution": handoffAffinity(orig, key, u.Spec.Ztunnel.HandoffLabel, t.revision),
 		}}
 	}
-	return json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}})
+	patch := map[string]any{"template": map[string]any{"spec": spec}}
+	if rec := findPin(u.Status.OriginalPins, t); t.kind == "DaemonSet" && rec != nil && rec.UpdateStrategy != "" {
+		// The pinned template is new to the DaemonSet: with its own strategy it would
+		// replace the ztunnel of every node it runs on (cutting their connections),
+		// though none of those nodes moves. OnDelete keeps the running pods; the
+		// DaemonSet controller still removes a pod from a node the pinning no longer
+		// selects (the swap) and starts one on a node it newly selects.
+		patch["updateStrategy"] = map[string]any{"type": string(appsv1.OnDeleteDaemonSetStrategyType), "rollingUpdate": nil}
+	}
+	return json.Marshal(map[string]any{"spec": patch})
 }
 
 // findPin returns the record of what target t held before the upgrade, if any.
@@ -218,7 +231,62 @@ func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
 			}}
 		}
 	}
-	return json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}})
+	patch := map[string]any{"template": map[string]any{"spec": spec}}
+	if rec.UpdateStrategy != "" {
+		var orig map[string]any
+		if err := json.Unmarshal([]byte(rec.UpdateStrategy), &orig); err != nil {
+			return nil, fmt.Errorf("recorded update strategy of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+		}
+		patch["updateStrategy"] = strategyPatch(orig)
+	}
+	return json.Marshal(map[string]any{"spec": patch})
+}
+
+// strategyPatch is the merge patch value setting a recorded updateStrategy: what it
+// did not hold (rollingUpdate under OnDelete) is set to null.
+func strategyPatch(orig map[string]any) map[string]any {
+	out := map[string]any{"type": nil, "rollingUpdate": nil}
+	for k, v := range orig {
+		out[k] = v
+	}
+	return out
+}
+
+// releaseStrategies gives each pinned ztunnel DaemonSet its recorded update strategy
+// back once the upgrade has succeeded (the pinning stays). Its pods then are those
+// it would have rolled out itself: the to revision's, created under the pinning,
+// are current; the from revision runs on no node the upgrade covered.
+func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	for _, rec := range u.Status.OriginalPins {
+		if rec.Kind != "DaemonSet" || rec.UpdateStrategy == "" {
+			continue
+		}
+		var orig appsv1.DaemonSetUpdateStrategy
+		if err := json.Unmarshal([]byte(rec.UpdateStrategy), &orig); err != nil {
+			return fmt.Errorf("recorded update strategy of DaemonSet %s/%s: %w", rec.Namespace, rec.Name, err)
+		}
+		var ds appsv1.DaemonSet
+		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: rec.Namespace, Name: rec.Name}, &ds); err != nil {
+			if client.IgnoreNotFound(err) == nil {
+				continue
+			}
+			return err
+		}
+		if ds.Spec.UpdateStrategy.Type == orig.Type && equality.Semantic.DeepEqual(ds.Spec.UpdateStrategy.RollingUpdate, orig.RollingUpdate) {
+			continue
+		}
+		var raw map[string]any
+		_ = json.Unmarshal([]byte(rec.UpdateStrategy), &raw)
+		patch, err := json.Marshal(map[string]any{"spec": map[string]any{"updateStrategy": strategyPatch(raw)}})
+		if err != nil {
+			return err
+		}
+		countWrite("pin")
+		if err := r.Client.Patch(ctx, &ds, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("restore the update strategy of DaemonSet %s/%s: %w", rec.Namespace, rec.Name, err)
+		}
+	}
+	return nil
 }
 
 func objectFor(kind, ns, name string) client.Object {
@@ -346,10 +414,15 @@ func (r *Reconciler) ztunnelsSettled(ctx context.Context, u *ztv1.RevisionUpgrad
 			return false, "", fmt.Errorf("no ztunnel DaemonSet of revision %s in %s", rev, u.Spec.Ztunnel.Namespace)
 		}
 		st := ds.Status
+		onDelete := ds.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType
 		switch {
 		case st.ObservedGeneration < ds.Generation:
 			return false, fmt.Sprintf("DaemonSet %s: generation %d not observed yet", ds.Name, ds.Generation), nil
-		case st.UpdatedNumberScheduled < st.DesiredNumberScheduled || st.NumberAvailable < st.DesiredNumberScheduled:
+		case onDelete && (st.NumberAvailable < st.DesiredNumberScheduled || st.NumberMisscheduled > 0):
+			// Held at OnDelete (pinned): its running pods stay as they are; it is
+			// settled once it runs, available, on exactly the nodes it selects.
+			return false, fmt.Sprintf("DaemonSet %s: %d of %d pods available, %d on nodes it no longer selects", ds.Name, st.NumberAvailable, st.DesiredNumberScheduled, st.NumberMisscheduled), nil
+		case !onDelete && (st.UpdatedNumberScheduled < st.DesiredNumberScheduled || st.NumberAvailable < st.DesiredNumberScheduled):
 			return false, fmt.Sprintf("DaemonSet %s: %d of %d pods updated, %d available", ds.Name, st.UpdatedNumberScheduled, st.DesiredNumberScheduled, st.NumberAvailable), nil
 		}
 	}

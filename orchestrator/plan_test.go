@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -286,5 +287,71 @@ func TestPinIsSkippedOnlyWhenItChangesNothing(t *testing.T) {
 				t.Errorf("patchesNothing = %v, %v; want %v (patch %s)", got, err, tc.want, patch)
 			}
 		})
+	}
+}
+
+// TestPinningHoldsADaemonSetAtOnDeleteAndRestoresItsStrategy: the pin patch of a
+// ztunnel DaemonSet sets OnDelete with its pinned template (so the new template
+// restarts no ztunnel), and the restore patch gives back the recorded strategy
+// exactly, rolling-update parameters included.
+func TestPinningHoldsADaemonSetAtOnDeleteAndRestoresItsStrategy(t *testing.T) {
+	u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{NodeLabel: "istio.io/rev", Ztunnel: ztv1.ZtunnelSpec{HandoffLabel: "ztcanary.io/handoff"}}}
+	surge, unavailable := intstr.FromInt32(1), intstr.FromInt32(0)
+	orig := appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType,
+		RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: &surge, MaxUnavailable: &unavailable}}
+	ds := &appsv1.DaemonSet{}
+	ds.Name, ds.Namespace = "ztunnel-1-18-0", "istio-system"
+	ds.Spec.UpdateStrategy = orig
+	ds.Spec.Template.Spec.NodeSelector = map[string]string{"istio.io/rev": "1-18-0"}
+	target := pinTarget{kind: "DaemonSet", obj: ds, template: &ds.Spec.Template, revision: "1-18-0", affinity: true}
+	u.Status.OriginalPins = recordPins(u, []pinTarget{target})
+	apply := func(ds *appsv1.DaemonSet, patch []byte) *appsv1.DaemonSet {
+		t.Helper()
+		doc, _ := json.Marshal(ds)
+		var d, p map[string]any
+		if err := json.Unmarshal(doc, &d); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(patch, &p); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := json.Marshal(mergePatch(d, p))
+		var got appsv1.DaemonSet
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		return &got
+	}
+	pin, err := pinPatch(u, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := apply(ds, pin)
+	if s := pinned.Spec.UpdateStrategy; s.Type != appsv1.OnDeleteDaemonSetStrategyType || s.RollingUpdate != nil {
+		t.Errorf("pinned DaemonSet has update strategy %+v, want OnDelete alone", s)
+	}
+	if pinned.Spec.Template.Spec.Affinity == nil {
+		t.Error("the pin patch did not pin the template")
+	}
+	restore, err := restorePatch(u, u.Status.OriginalPins[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := apply(pinned, restore)
+	if !equality.Semantic.DeepEqual(back.Spec.UpdateStrategy, orig) {
+		t.Errorf("restored update strategy %+v, want %+v", back.Spec.UpdateStrategy, orig)
+	}
+	if !equality.Semantic.DeepEqual(back.Spec.Template, ds.Spec.Template) {
+		t.Errorf("restored template %+v, want %+v", back.Spec.Template, ds.Spec.Template)
+	}
+	// A Deployment is never held: its pin patch names only its template.
+	d := &appsv1.Deployment{}
+	d.Name, d.Namespace = "reviews", "bookinfo"
+	dp, err := pinPatch(u, pinTarget{kind: "Deployment", obj: d, template: &d.Spec.Template, revision: "1-18-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(dp), "updateStrategy") || strings.Contains(string(dp), "strategy") {
+		t.Errorf("Deployment pin patch %s changes its strategy", dp)
 	}
 }

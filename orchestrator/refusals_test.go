@@ -180,6 +180,16 @@ func (wr *writes) reactor(clientset string) k8stesting.ReactionFunc {
 	}
 }
 
+// isUpgrade: the object is a RevisionUpgrade, whole or (as the orchestrator writes
+// its status) by its metadata.
+func isUpgrade(o client.Object) bool {
+	if m, ok := o.(*metav1.PartialObjectMetadata); ok {
+		return m.Kind == "RevisionUpgrade"
+	}
+	_, ok := o.(*ztv1.RevisionUpgrade)
+	return ok
+}
+
 // refuser is the orchestrator over the world, with its writes recorded.
 type refuser struct {
 	r      *Reconciler
@@ -252,7 +262,7 @@ func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
 				return c.SubResource(sub).Create(ctx, o, s, opts...)
 			},
 			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				if _, ok := o.(*ztv1.RevisionUpgrade); !ok || sub != "status" {
+				if !isUpgrade(o) || sub != "status" {
 					wr.add(fmt.Sprintf("patch %s of %T %s", sub, o, o.GetName()))
 				}
 				return c.SubResource(sub).Patch(ctx, o, p, opts...)

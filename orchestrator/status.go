@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -140,5 +141,17 @@ func (r *Reconciler) patchStatus(ctx context.Context, before, u *ztv1.RevisionUp
 		return false, err
 	}
 	countWrite("status")
-	return true, r.Client.Status().Patch(ctx, u, client.RawPatch(types.JSONPatchType, body))
+	// The answer is asked for as metadata only: the whole object holds an entry per
+	// node in scope, and decoding it back would double the cost of every status write
+	// on a large cluster. u already holds what was written; only its resourceVersion
+	// is new.
+	meta := &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: ztv1.GroupVersion.String(), Kind: "RevisionUpgrade"},
+		ObjectMeta: metav1.ObjectMeta{Name: u.Name, Namespace: u.Namespace},
+	}
+	if err := r.Client.Status().Patch(ctx, meta, client.RawPatch(types.JSONPatchType, body)); err != nil {
+		return true, err
+	}
+	u.ResourceVersion = meta.ResourceVersion
+	return true, nil
 }

@@ -79,6 +79,12 @@ func TestFullUpgradeSucceeds(t *testing.T) {
 			}
 			e.assertUpgraded(u)
 			w.assert(t, 30*time.Second)
+			// Pinning the stable ztunnel DaemonSet (its Handoff affinity is a new
+			// template) restarted none of its pods: a node's stable ztunnel only
+			// leaves when the node moves.
+			if n := w.Started(fromRev); n != 0 {
+				t.Errorf("%d %s ztunnel pods were started during the upgrade, want 0 (each is a restart of a stable node's ztunnel)", n, fromRev)
+			}
 			// The nodes moved in the order of the waves: 1, then 2, then 4.
 			perStep := map[int32]int{}
 			for _, n := range u.Status.Nodes {

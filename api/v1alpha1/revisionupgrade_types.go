@@ -490,6 +490,12 @@ type PinRecord struct {
 	// DaemonSets during a Handoff).
 	// +optional
 	Affinity string `json:"affinity,omitempty"`
+	// UpdateStrategy is the JSON of a ztunnel DaemonSet's spec.updateStrategy before
+	// the upgrade. ztcanary holds the DaemonSet at OnDelete while its template carries
+	// the pinning, so pinning does not restart the ztunnel of every node at once, and
+	// puts this back when the upgrade ends.
+	// +optional
+	UpdateStrategy string `json:"updateStrategy,omitempty"`
 }
 
 // NamespaceStatus is one namespace of a Sidecar upgrade.
