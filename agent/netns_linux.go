@@ -2,34 +2,18 @@ package agent
 
 import (
 	"fmt"
-	"runtime"
 	"unsafe"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztcanary/ztcanary/internal/nsthread"
 )
 
-// InNetns runs fn on a thread switched into the network namespace ns, then switches back.
-// If switching back fails the thread stays locked and dies with its goroutine, so no other
-// goroutine ever runs in the wrong namespace.
+// InNetns runs fn on a thread switched into the network namespace ns, then switches
+// back (nsthread.Run: a thread that cannot switch back dies with its goroutine).
 func InNetns(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("return to original netns: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nsthread.Run(nsthread.Into(int(ns)), fn)
 }
 
 // NetnsCookie returns the cookie of network namespace ns, the value the BPF programs key

@@ -8,85 +8,39 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztcanary/ztcanary/internal/nsthread"
 )
 
 // inNetns runs fn on an OS thread switched into the network namespace nsFD, then
 // switches the thread back. Setns from Go, not `ip netns exec`: that remounts /sys
-// and hides the cgroup v2 mount. A thread that cannot switch back stays locked, so it
-// dies with its goroutine and never runs another one in the wrong namespace.
+// and hides the cgroup v2 mount.
 func inNetns(nsFD int, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("return to the original netns: %w", err))
-			return // the thread stays locked and exits with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsthread.Run(nsthread.Into(nsFD), fn)
 }
 
 // newNetns creates a network namespace and returns a file descriptor holding it. The
 // namespace lives as long as a descriptor, a bind mount or a socket refers to it.
 func newNetns() (int, error) {
-	type result struct {
-		fd  int
-		err error
+	fd := -1
+	err := nsthread.Run(nsthread.Unshare, func() error {
+		var err error
+		if fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("open new netns: %w", err)
+		}
+		return nil
+	})
+	if err != nil && fd >= 0 {
+		unix.Close(fd)
+		fd = -1
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("open current netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("unshare netns: %w", err)}
-			return
-		}
-		fd, ferr := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			if ferr == nil {
-				unix.Close(fd)
-			}
-			done <- result{err: fmt.Errorf("return to the original netns: %w", err)}
-			return // the thread stays locked and exits with this goroutine
-		}
-		runtime.UnlockOSThread()
-		if ferr != nil {
-			done <- result{err: fmt.Errorf("open new netns: %w", ferr)}
-			return
-		}
-		done <- result{fd: fd}
-	}()
-	r := <-done
-	return r.fd, r.err
+	return fd, err
 }
 
 // configureNetns brings the loopback interface of namespace fd up and gives it the

@@ -10,12 +10,11 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/ztcanary/ztcanary/internal/nsthread"
 )
 
 // Start creates network namespace number index (1-250) of this test process, with
@@ -109,40 +108,19 @@ func listenIn(name, addr string) (net.Listener, error) {
 		return nil, err
 	}
 	defer target.Close()
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("enter netns %s: %w", name, err)}
-			return
-		}
+	var l net.Listener
+	err = nsthread.Run(nsthread.Into(int(target.Fd())), func() error {
 		lc := net.ListenConfig{}
 		lc.SetMultipathTCP(false)
-		l, lerr := lc.Listen(context.Background(), "tcp", addr)
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread is stuck in the namespace: keep it locked so it dies
-			// with this goroutine instead of serving other goroutines.
-			if l != nil {
-				l.Close()
-			}
-			done <- result{err: errors.Join(lerr, fmt.Errorf("leave netns %s: %w", name, err))}
-			return
+		var err error
+		l, err = lc.Listen(context.Background(), "tcp", addr)
+		return err
+	})
+	if err != nil {
+		if l != nil {
+			l.Close()
 		}
-		runtime.UnlockOSThread()
-		done <- result{l: l, err: lerr}
-	}()
-	r := <-done
-	return r.l, r.err
+		return nil, fmt.Errorf("listen in netns %s: %w", name, err)
+	}
+	return l, nil
 }
