@@ -39,8 +39,9 @@ generate:
 verify: generate
 	git diff --exit-code
 
-## refusals: rewrite docs/refusals-admission.md (real API server) and docs/refusals-preflight.md from the tests
+## refusals: rewrite docs/refusals-admission.md (real API server), docs/refusals-preflight.md and docs/refusals-agent.md from the tests
 refusals: sim-binaries
+	$(GO) test -count=1 -run '^TestAgentRefusesBadCgroupInput$$' ./agent -update
 	$(GO) test -count=1 -run '^TestAdmissionRefusesBadInputWithAClearMessage$$' ./api/v1alpha1 -update
 	$(GO) test -count=1 -run '^TestPreflightRefusesBadInputAndChangesNothing$$' ./orchestrator -update
 

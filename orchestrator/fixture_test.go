@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/seed"
@@ -45,6 +47,9 @@ const (
 var orchestratorBin string
 
 func TestMain(m *testing.M) {
+	// The tests' own clients (seeding, watching) log nothing; without a logger
+	// controller-runtime prints a stack trace at the first API warning.
+	ctrllog.SetLogger(logr.Discard())
 	dir, err := os.MkdirTemp("", "ztcanary-orchestrator-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

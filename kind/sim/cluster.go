@@ -81,8 +81,11 @@ type process struct {
 const stateFile = "state.json"
 
 // tempRoot is where clusters without an explicit Dir live, so Start can find and
-// sweep the leftovers of killed runs.
-func tempRoot() string { return filepath.Join(os.TempDir(), "ztcanary-sim") }
+// sweep the leftovers of killed runs. One per user: a folder root made could not be
+// written by another user, and each sweeps only its own clusters.
+func tempRoot() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("ztcanary-sim-%d", os.Getuid()))
+}
 
 // Start builds what is missing, starts a simulated cluster and waits until it is
 // ready: control plane healthy, nodes Ready, CRDs Established. On error nothing it
@@ -108,7 +111,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	c = &Cluster{Dir: opts.Dir}
 	if c.Dir == "" {
-		if err := os.MkdirAll(tempRoot(), 0o755); err != nil {
+		if err := os.MkdirAll(tempRoot(), 0o700); err != nil {
 			return nil, err
 		}
 		if c.Dir, err = os.MkdirTemp(tempRoot(), "cluster-"); err != nil {
