@@ -40,7 +40,9 @@ func envInt(name string, def int) int {
 // on simulated clusters of 100, 300 and 1000 nodes carrying 10 pods per node, with the
 // real orchestrator binary, one cluster at a time, and prints per cluster size: the
 // orchestrator's own CPU time per step and per 100 nodes moved (what it computes and
-// writes, beyond waiting for pods: the "under 1 s for a 100-node step"), API
+// writes, beyond waiting for pods: the "under 1 s for a 100-node step"; also
+// net of the CPU an idle orchestrator spends watching the cluster, measured for
+// ZTCANARY_BENCH_IDLE_SECONDS (20) before the upgrade), API
 // writes and requests per node moved, and the process's peak resident memory, then
 // the sizes side by side. ZTCANARY_BENCH_SIZES (e.g. "1000" or "100,300") picks the
 // sizes; ZTCANARY_BENCH_NODES / _PODS run one size with that many pods;
@@ -85,9 +87,13 @@ type scaleResult struct {
 	// and its workers started; syncRSS its peak resident memory by then.
 	startCPU float64
 	syncRSS  int64
-	steps    []stepResult
-	total    time.Duration
-	moved    int
+	// idleCPU is the orchestrator's CPU per second of wall time while it watches the
+	// cluster with no upgrade (decoding watch events, its resyncs): subtracted from a
+	// step's CPU, what is left is the work the step itself asked for.
+	idleCPU float64
+	steps   []stepResult
+	total   time.Duration
+	moved   int
 	// writes by kind (ztcanary_api_writes_total) and requests by HTTP method
 	// (rest_client_requests_total), over the upgrade.
 	writes, requests map[string]float64
@@ -116,6 +122,15 @@ func (s stepResult) cpuPer100() float64 {
 		return 0
 	}
 	return s.cpu * 100 / float64(s.nodes)
+}
+
+// ownPer100 is the CPU seconds per 100 nodes moved above the idle rate of a
+// watching orchestrator over the step's wall time.
+func (s stepResult) ownPer100(idle float64) float64 {
+	if s.nodes == 0 {
+		return 0
+	}
+	return max(0, s.cpu-idle*s.wall.Seconds()) * 100 / float64(s.nodes)
 }
 
 func (r scaleResult) cpu() float64 {
@@ -158,6 +173,15 @@ func printScaleTable(results []scaleResult) {
 				return "-"
 			}
 			return fmt.Sprintf("%.2f", r.steps[i].cpuPer100())
+		})
+	}
+	row("idle CPU (watching) ms per s", func(r scaleResult) string { return fmt.Sprintf("%.1f", r.idleCPU*1000) })
+	for i := range 3 {
+		row(fmt.Sprintf("step %d CPU above idle per 100 nodes", i), func(r scaleResult) string {
+			if i >= len(r.steps) {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", r.steps[i].ownPer100(r.idleCPU))
 		})
 	}
 	row("upgrade CPU s per 100 nodes moved", func(r scaleResult) string { return fmt.Sprintf("%.2f", r.cpu()*100/float64(r.moved)) })
@@ -263,6 +287,12 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 		return strings.Contains(proc.output(), "Starting workers"), nil
 	}))
 	res := scaleResult{nodes: nodes, pods: pods, setup: setup, startCPU: cpuSeconds(b, pid), syncRSS: peakRSS(b, pid)}
+	// The idle rate: what watching the cluster costs with no upgrade running.
+	idleWindow := time.Duration(envInt("ZTCANARY_BENCH_IDLE_SECONDS", 20)) * time.Second
+	idleFrom := time.Now()
+	time.Sleep(idleWindow)
+	idleEnd := cpuSeconds(b, pid)
+	res.idleCPU = (idleEnd - res.startCPU) / time.Since(idleFrom).Seconds()
 	stopProfiles := profileLoop(b, profDir, pprofPort)
 	upgrade := seedUpgrade("scale", ztv1.NodeStrategyHandoff,
 		ztv1.Step{Nodes: intstr.FromString("10%")}, ztv1.Step{Nodes: intstr.FromString("50%")}, ztv1.Step{Nodes: intstr.FromString("100%")})
@@ -270,7 +300,7 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	m0 := scrape(b, port)
 	start := time.Now()
 	must(c.Create(ctx, upgrade))
-	lastStep, lastSum, lastAt, lastCPU, lastCanary := int32(0), m0["reconcile_seconds"], start, res.startCPU, int32(0)
+	lastStep, lastSum, lastAt, lastCPU, lastCanary := int32(0), m0["reconcile_seconds"], start, idleEnd, int32(0)
 	var u ztv1.RevisionUpgrade
 	must(wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Minute, true, func(ctx context.Context) (bool, error) {
 		if err := c.Get(ctx, client.ObjectKey{Name: "scale"}, &u); err != nil {
@@ -326,11 +356,11 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	b.ReportMetric(res.sum(res.writes)/moved, "writes/node")
 	b.ReportMetric(res.sum(res.requests)/moved, "requests/node")
 	b.ReportMetric(float64(res.peakRSS)/(1<<20), "MB-peak-rss")
-	fmt.Printf("scale upgrade: %d nodes, %d pods (setup %s), Handoff 10%%→50%%→100%% in %s; orchestrator start-up (cache sync) CPU %.2fs\n",
-		nodes, pods, setup.Round(time.Second), res.total.Round(time.Second), res.startCPU)
+	fmt.Printf("scale upgrade: %d nodes, %d pods (setup %s), Handoff 10%%→50%%→100%% in %s; orchestrator start-up (cache sync) CPU %.2fs, idle (watching) %.1f ms CPU per s\n",
+		nodes, pods, setup.Round(time.Second), res.total.Round(time.Second), res.startCPU, res.idleCPU*1000)
 	for i, st := range res.steps {
-		fmt.Printf("  step %d: %d nodes moved; orchestrator CPU %.2fs (%.2fs per 100 nodes), time inside Reconcile %.2fs (API round trips included), of %s wall\n",
-			i, st.nodes, st.cpu, st.cpuPer100(), st.reconcile, st.wall.Round(10*time.Millisecond))
+		fmt.Printf("  step %d: %d nodes moved; orchestrator CPU %.2fs (%.2fs per 100 nodes, %.2fs above idle), time inside Reconcile %.2fs (API round trips included), of %s wall\n",
+			i, st.nodes, st.cpu, st.cpuPer100(), st.ownPer100(res.idleCPU), st.reconcile, st.wall.Round(10*time.Millisecond))
 	}
 	fmt.Printf("  %.0f reconciles; API writes: %.0f node patches (%.2f per node moved), %.0f evictions, %.0f pin patches, %.0f status patches; requests by method: %v\n",
 		res.reconciles, res.writes["node"], res.writes["node"]/moved, res.writes["eviction"], res.writes["pin"], res.writes["status"], res.requests)
