@@ -245,7 +245,9 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	b.Logf("waiting for %d ztunnels and %d stable pods", nodes, stable)
 	// The API server is busy creating thousands of pods: a timed-out read here is
 	// transient, so it is retried, not fatal.
-	must(wait.PollUntilContextTimeout(ctx, 3*time.Second, 15*time.Minute, true, func(ctx context.Context) (bool, error) {
+	var seen string
+	lastLog := time.Now()
+	if err := wait.PollUntilContextTimeout(ctx, 3*time.Second, 30*time.Minute, true, func(ctx context.Context) (bool, error) {
 		var ds appsv1.DaemonSet
 		if err := c.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "ztunnel-" + fromRev}, &ds); err != nil {
 			b.Logf("setup: %v (retrying)", err)
@@ -262,8 +264,15 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 				running++
 			}
 		}
+		seen = fmt.Sprintf("%d of %d ztunnels Ready, %d of %d stable pods Running", ds.Status.NumberReady, nodes, running, stable+len(seed.Apps)*seed.AppReplicas)
+		if time.Since(lastLog) > time.Minute {
+			b.Logf("setup: %s", seen)
+			lastLog = time.Now()
+		}
 		return int(ds.Status.NumberReady) == nodes && running == stable+len(seed.Apps)*seed.AppReplicas, nil
-	}))
+	}); err != nil {
+		b.Fatalf("setup: %v; %s", err, seen)
+	}
 	setup := time.Since(began)
 
 	port := freePort(b)

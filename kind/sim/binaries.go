@@ -229,7 +229,7 @@ func moduleDir(ctx context.Context, dir, module string) (string, error) {
 // in seconds, not minutes; bump kwokConfigRevision when changing it (it names the
 // cached file).
 const (
-	kwokConfigRevision = "3"
+	kwokConfigRevision = "2"
 	kwokOptions        = `apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
@@ -240,13 +240,8 @@ options:
 )
 
 // kwokStageDirs are kwok's stage sets the simulated cluster uses: nodes become Ready
-// at once and heartbeat as kubelets do, pods become Ready at once and go away when
-// deleted. The heartbeat is the lease one: kwok renews each node's Lease (40 s, every
-// 10 s) and writes node status every 10-20 min, as a kubelet renews its Lease and
-// reports unchanged status every 5 min. kwok's other heartbeat stage rewrites every
-// node's status every 20-45 s, which on 1000 nodes is most of what a controller
-// watching nodes decodes, a load no real cluster puts on it.
-var kwokStageDirs = []string{"kustomize/stage/node/fast", "kustomize/stage/node/heartbeat-with-lease", "kustomize/stage/pod/fast"}
+// at once and keep heartbeating, pods become Ready at once and go away when deleted.
+var kwokStageDirs = []string{"kustomize/stage/node/fast", "kustomize/stage/node/heartbeat", "kustomize/stage/pod/fast"}
 
 func writeKwokStages(ctx context.Context, toolDir, out string) error {
 	dir, err := moduleDir(ctx, toolDir, "sigs.k8s.io/kwok")
