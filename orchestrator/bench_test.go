@@ -91,9 +91,14 @@ type scaleResult struct {
 	// cluster with no upgrade (decoding watch events, its resyncs): subtracted from a
 	// step's CPU, what is left is the work the step itself asked for.
 	idleCPU float64
-	steps   []stepResult
-	total   time.Duration
-	moved   int
+	// prepCPU and prepWall: the upgrade's start (preflight over every node, the
+	// plan and the pins recorded in status, pinning), until its first wave begins
+	// to move nodes; part of step 0.
+	prepCPU  float64
+	prepWall time.Duration
+	steps    []stepResult
+	total    time.Duration
+	moved    int
 	// writes by kind (ztcanary_api_writes_total) and requests by HTTP method
 	// (rest_client_requests_total), over the upgrade.
 	writes, requests map[string]float64
@@ -184,6 +189,15 @@ func printScaleTable(results []scaleResult) {
 			return fmt.Sprintf("%.2f", r.steps[i].ownPer100(r.idleCPU))
 		})
 	}
+	row("step 0: upgrade start CPU s (above idle)", func(r scaleResult) string {
+		return fmt.Sprintf("%.2f (%.2f)", r.prepCPU, max(0, r.prepCPU-r.idleCPU*r.prepWall.Seconds()))
+	})
+	row("step 0: its wave, CPU s per 100 nodes", func(r scaleResult) string {
+		if len(r.steps) == 0 || r.steps[0].nodes == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", (r.steps[0].cpu-r.prepCPU)*100/float64(r.steps[0].nodes))
+	})
 	row("upgrade CPU s per 100 nodes moved", func(r scaleResult) string { return fmt.Sprintf("%.2f", r.cpu()*100/float64(r.moved)) })
 	row("reconciles per 100 nodes moved", func(r scaleResult) string { return fmt.Sprintf("%.0f", r.reconciles*100/float64(r.moved)) })
 	row("API writes per node moved", func(r scaleResult) string { return fmt.Sprintf("%.2f", r.sum(r.writes)/float64(r.moved)) })
@@ -311,10 +325,15 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	must(c.Create(ctx, upgrade))
 	lastStep, lastSum, lastAt, lastCPU, lastCanary := int32(0), m0["reconcile_seconds"], start, idleEnd, int32(0)
 	var u ztv1.RevisionUpgrade
+	prepared := false
 	must(wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Minute, true, func(ctx context.Context) (bool, error) {
 		if err := c.Get(ctx, client.ObjectKey{Name: "scale"}, &u); err != nil {
 			b.Logf("get upgrade: %v (retrying)", err)
 			return false, nil
+		}
+		if !prepared && u.Status.StepStage != "" && u.Status.StepStage != orchestrator.StagePinning {
+			prepared = true
+			res.prepCPU, res.prepWall = cpuSeconds(b, pid)-idleEnd, time.Since(start)
 		}
 		if u.Status.CurrentStep != lastStep || u.Status.Phase == ztv1.PhaseSucceeded {
 			sum, cpu := scrape(b, port)["reconcile_seconds"], cpuSeconds(b, pid)
