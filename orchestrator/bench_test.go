@@ -129,13 +129,18 @@ func (s stepResult) cpuPer100() float64 {
 	return s.cpu * 100 / float64(s.nodes)
 }
 
-// ownPer100 is the CPU seconds per 100 nodes moved above the idle rate of a
-// watching orchestrator over the step's wall time.
+// aboveIdle is the CPU seconds of a span beyond what a watching orchestrator spends
+// idle (idle CPU seconds per second) over the span's wall time.
+func aboveIdle(cpu float64, wall time.Duration, idle float64) float64 {
+	return max(0, cpu-idle*wall.Seconds())
+}
+
+// ownPer100 is the CPU seconds per 100 nodes moved above the idle rate.
 func (s stepResult) ownPer100(idle float64) float64 {
 	if s.nodes == 0 {
 		return 0
 	}
-	return max(0, s.cpu-idle*s.wall.Seconds()) * 100 / float64(s.nodes)
+	return aboveIdle(s.cpu, s.wall, idle) * 100 / float64(s.nodes)
 }
 
 func (r scaleResult) cpu() float64 {
@@ -190,7 +195,7 @@ func printScaleTable(results []scaleResult) {
 		})
 	}
 	row("step 0: upgrade start CPU s (above idle)", func(r scaleResult) string {
-		return fmt.Sprintf("%.2f (%.2f)", r.prepCPU, max(0, r.prepCPU-r.idleCPU*r.prepWall.Seconds()))
+		return fmt.Sprintf("%.2f (%.2f)", r.prepCPU, aboveIdle(r.prepCPU, r.prepWall, r.idleCPU))
 	})
 	row("step 0: its wave, CPU s per 100 nodes", func(r scaleResult) string {
 		if len(r.steps) == 0 || r.steps[0].nodes == 0 {

@@ -233,23 +233,32 @@ func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
 	}
 	patch := map[string]any{"template": map[string]any{"spec": spec}}
 	if rec.UpdateStrategy != "" {
-		var orig map[string]any
-		if err := json.Unmarshal([]byte(rec.UpdateStrategy), &orig); err != nil {
-			return nil, fmt.Errorf("recorded update strategy of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+		_, value, err := recordedStrategy(rec)
+		if err != nil {
+			return nil, err
 		}
-		patch["updateStrategy"] = strategyPatch(orig)
+		patch["updateStrategy"] = value
 	}
 	return json.Marshal(map[string]any{"spec": patch})
 }
 
-// strategyPatch is the merge patch value setting a recorded updateStrategy: what it
-// did not hold (rollingUpdate under OnDelete) is set to null.
-func strategyPatch(orig map[string]any) map[string]any {
-	out := map[string]any{"type": nil, "rollingUpdate": nil}
-	for k, v := range orig {
-		out[k] = v
+// recordedStrategy decodes the update strategy recorded for a DaemonSet, and returns
+// it with the merge patch value that sets it back: what it did not hold
+// (rollingUpdate under OnDelete) is set to null.
+func recordedStrategy(rec ztv1.PinRecord) (appsv1.DaemonSetUpdateStrategy, map[string]any, error) {
+	var orig appsv1.DaemonSetUpdateStrategy
+	value := map[string]any{"type": nil, "rollingUpdate": nil}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(rec.UpdateStrategy), &raw); err != nil {
+		return orig, nil, fmt.Errorf("recorded update strategy of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
 	}
-	return out
+	if err := json.Unmarshal([]byte(rec.UpdateStrategy), &orig); err != nil {
+		return orig, nil, fmt.Errorf("recorded update strategy of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
+	}
+	for k, v := range raw {
+		value[k] = v
+	}
+	return orig, value, nil
 }
 
 // releaseStrategies gives each pinned ztunnel DaemonSet its recorded update strategy
@@ -261,9 +270,9 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 		if rec.Kind != "DaemonSet" || rec.UpdateStrategy == "" {
 			continue
 		}
-		var orig appsv1.DaemonSetUpdateStrategy
-		if err := json.Unmarshal([]byte(rec.UpdateStrategy), &orig); err != nil {
-			return fmt.Errorf("recorded update strategy of DaemonSet %s/%s: %w", rec.Namespace, rec.Name, err)
+		orig, value, err := recordedStrategy(rec)
+		if err != nil {
+			return err
 		}
 		var ds appsv1.DaemonSet
 		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: rec.Namespace, Name: rec.Name}, &ds); err != nil {
@@ -275,9 +284,7 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 		if ds.Spec.UpdateStrategy.Type == orig.Type && equality.Semantic.DeepEqual(ds.Spec.UpdateStrategy.RollingUpdate, orig.RollingUpdate) {
 			continue
 		}
-		var raw map[string]any
-		_ = json.Unmarshal([]byte(rec.UpdateStrategy), &raw)
-		patch, err := json.Marshal(map[string]any{"spec": map[string]any{"updateStrategy": strategyPatch(raw)}})
+		patch, err := json.Marshal(map[string]any{"spec": map[string]any{"updateStrategy": value}})
 		if err != nil {
 			return err
 		}
