@@ -74,6 +74,9 @@ type Reconciler struct {
 	// Coalesce is how long a change of a watched object may wait, merged with the
 	// changes that follow, before the upgrades are reconciled (default 500ms).
 	Coalesce time.Duration
+	// stores, set by SetupWithManager, are the cache's node and pod stores that a
+	// pass reads without copying (stores.go); nil: read through Client.
+	stores *informerStores
 }
 
 // countWrite counts one write to the API server, for the API-cost figures.
@@ -88,12 +91,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.Clock = clock.RealClock{}
 	}
 	active := r.coalescedUpgrades()
-	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(context.Background(), &corev1.Pod{}, podNodeIndex, indexPodNode); err != nil {
-		return fmt.Errorf("index pods by node: %w", err)
-	}
-	if err := indexer.IndexField(context.Background(), &corev1.Pod{}, ztunnelNodeIndex, indexZtunnelNode); err != nil {
-		return fmt.Errorf("index ztunnel pods by node: %w", err)
+	if err := r.useInformerStores(context.Background(), mgr.GetCache()); err != nil {
+		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("revisionupgrade").
@@ -130,7 +129,12 @@ func terminal(p ztv1.Phase) bool {
 
 // Reconcile fetches the upgrade, takes at most one round of actions, and patches the
 // status it changed (with an optimistic lock, so two replicas cannot both advance).
-func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (res ctrl.Result, err error) {
+	accountCPU(func() { res, err = r.reconcileOnce(ctx, req) })
+	return res, err
+}
+
+func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
 	u := &ztv1.RevisionUpgrade{}
 	if err := r.Client.Get(ctx, req.NamespacedName, u); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)

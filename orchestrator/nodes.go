@@ -76,19 +76,6 @@ func indexZtunnelNode(o client.Object) []string {
 	return nil
 }
 
-// listNodes reads every node from the cache, sharing the cache's objects.
-func (r *Reconciler) listNodes(ctx context.Context) (map[string]*corev1.Node, error) {
-	var nodes corev1.NodeList
-	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	out := make(map[string]*corev1.Node, len(nodes.Items))
-	for i := range nodes.Items {
-		out[nodes.Items[i].Name] = &nodes.Items[i]
-	}
-	return out, nil
-}
-
 // readWorld reads, from the cache, what runs on the nodes of interest (nodes: every
 // node, from listNodes). The lists share the cache's objects (no deep copy): the
 // world is read-only. Ambient workload pods are read only for Drain, the one
@@ -109,12 +96,11 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nod
 		revByUID[ds.UID] = rev
 	}
 	for _, node := range of {
-		var pods corev1.PodList
-		if err := r.Client.List(ctx, &pods, client.MatchingFields{ztunnelNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
-			return nil, fmt.Errorf("list ztunnel pods on node %s: %w", node, err)
+		pods, err := r.podsOn(ctx, ztunnelNodeIndex, node)
+		if err != nil {
+			return nil, err
 		}
-		for i := range pods.Items {
-			p := &pods.Items[i]
+		for _, p := range pods {
 			if p.Namespace != u.Spec.Ztunnel.Namespace {
 				continue
 			}
@@ -159,12 +145,11 @@ func (r *Reconciler) readAmbient(ctx context.Context, u *ztv1.RevisionUpgrade, w
 		ambientNS[ns.Name] = true
 	}
 	for _, node := range of {
-		var pods corev1.PodList
-		if err := r.Client.List(ctx, &pods, client.MatchingFields{podNodeIndex: node}, client.UnsafeDisableDeepCopy); err != nil {
-			return fmt.Errorf("list pods on node %s: %w", node, err)
+		pods, err := r.podsOn(ctx, podNodeIndex, node)
+		if err != nil {
+			return err
 		}
-		for i := range pods.Items {
-			p := &pods.Items[i]
+		for _, p := range pods {
 			if p.Namespace == u.Spec.Ztunnel.Namespace && p.Labels["app"] == "ztunnel" {
 				continue
 			}
@@ -252,7 +237,7 @@ func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n))
+			accountCPU(func() { results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n)) })
 		}()
 	}
 	wg.Wait()
@@ -354,8 +339,10 @@ func (r *Reconciler) patchNode(ctx context.Context, name string, patch map[strin
 		return err
 	}
 	countWrite("node")
-	if err := r.Client.Patch(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
-		client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
+	// The answer is asked for as metadata only: a pass reads nodes from the cache,
+	// never from this reply, and a node's status is most of its size.
+	node := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}, ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := r.Client.Patch(ctx, node, client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
 		return fmt.Errorf("patch node %s: %w", name, err)
 	}
 	return nil
