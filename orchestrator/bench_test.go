@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/google/pprof/profile"
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
@@ -46,7 +47,9 @@ func envInt(name string, def int) int {
 // writes and requests per node moved, and the process's peak resident memory, then
 // the sizes side by side. ZTCANARY_BENCH_SIZES (e.g. "1000" or "100,300") picks the
 // sizes; ZTCANARY_BENCH_NODES / _PODS run one size with that many pods;
-// ZTCANARY_BENCH_PROFILE=dir saves CPU and heap profiles of each run there.
+// ZTCANARY_BENCH_PROFILE=dir saves CPU and heap profiles of each run there;
+// ZTCANARY_BENCH_CANARY_PERCENT (10) is the share of the pods that belong to canary
+// workloads, started by the first wave.
 func BenchmarkUpgrade1000Nodes(b *testing.B) {
 	var results []scaleResult
 	for _, sz := range benchSizes() {
@@ -91,6 +94,9 @@ type scaleResult struct {
 	// cluster with no upgrade (decoding watch events, its resyncs): subtracted from a
 	// step's CPU, what is left is the work the step itself asked for.
 	idleCPU float64
+	// idleShare splits the CPU sampled over the idle window (idleWall).
+	idleShare cpuShare
+	idleWall  time.Duration
 	// prepCPU and prepWall: the upgrade's start (preflight over every node, the
 	// plan and the pins recorded in status, pinning), until its first wave begins
 	// to move nodes; part of step 0.
@@ -115,22 +121,22 @@ type scaleResult struct {
 }
 
 type stepResult struct {
-	nodes int // nodes this step moved
-	cpu   float64
-	// own is the CPU of the reconcile passes alone
-	// (ztcanary_reconcile_cpu_seconds_total): what the orchestrator decided and
-	// wrote, without decoding the watched changes or the background GC.
-	own       float64
+	nodes     int // nodes this step moved
+	cpu       float64
 	reconcile float64 // seconds inside Reconcile, API round trips included
 	wall      time.Duration
+	from, to  time.Time
+	// share splits the step's sampled CPU: the reconcile passes alone (what the
+	// orchestrator decided and wrote), taking in watched changes, GC, the rest.
+	share cpuShare
 }
 
-// ownPer100 is the reconcile passes' CPU seconds per 100 nodes moved.
+// ownPer100 is the reconcile passes' CPU seconds (sampled) per 100 nodes moved.
 func (s stepResult) ownPer100() float64 {
 	if s.nodes == 0 {
 		return 0
 	}
-	return s.own * 100 / float64(s.nodes)
+	return s.share.reconcile.Seconds() * 100 / float64(s.nodes)
 }
 
 // cpuPer100 is CPU seconds per 100 nodes moved.
@@ -207,7 +213,7 @@ func printScaleTable(results []scaleResult) {
 		})
 	}
 	for i := range 3 {
-		row(fmt.Sprintf("step %d reconcile CPU per 100 nodes", i), func(r scaleResult) string {
+		row(fmt.Sprintf("step %d reconcile passes CPU per 100", i), func(r scaleResult) string {
 			if i >= len(r.steps) {
 				return "-"
 			}
@@ -259,7 +265,13 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 		}
 	}
 	// Seed: every worker on the stable revision, plus workloads already pinned (as an
-	// operator deploys them per revision): 90% of the pods stable, 10% canary.
+	// operator deploys them per revision): 90% of the pods stable, 10% canary
+	// (ZTCANARY_BENCH_CANARY_PERCENT). The canary pods wait, Pending, for the first
+	// nodes on the to revision: the first wave starts all of them.
+	canaryPercent := envInt("ZTCANARY_BENCH_CANARY_PERCENT", 10)
+	if os.Getenv("ZTCANARY_BENCH_CANARY_PERCENT") == "0" {
+		canaryPercent = 0
+	}
 	workers := make([]string, nodes)
 	for i := range workers {
 		workers[i] = sim.NodeName(i + 1)
@@ -269,7 +281,7 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	stable := 0
 	for i, left := 0, pods; left > 0; i++ {
 		ns, rev := fromApps, fromRev
-		if stable >= pods*9/10 {
+		if stable >= pods*(100-canaryPercent)/100 {
 			ns, rev = toApps, toRev
 		}
 		n := min(perDeployment, left)
@@ -320,14 +332,14 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	// ambient pods lacks a Ready ztunnel, two revisions share a node only for a
 	// bounded time.
 	w := e.watchInvariants(ztv1.NodeStrategyHandoff)
-	var extra []string
-	pprofPort, profDir := 0, os.Getenv("ZTCANARY_BENCH_PROFILE")
+	// Its CPU is profiled from the idle window to the end, to tell its reconcile
+	// passes from taking in watched changes and from the garbage collector.
+	profDir := os.Getenv("ZTCANARY_BENCH_PROFILE")
 	if profDir != "" {
 		profDir = filepath.Join(profDir, fmt.Sprintf("nodes-%d", nodes))
-		pprofPort = freePort(b)
-		extra = append(extra, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort))
 	}
-	proc := startBenchOrchestrator(b, e, port, extra...)
+	pprofPort := freePort(b)
+	proc := startBenchOrchestrator(b, e, port, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort))
 	pid := proc.cmd.Process.Pid
 	// Its caches synced (every pod and node read once) when its workers start: the
 	// steps are measured from there.
@@ -337,18 +349,18 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	res := scaleResult{nodes: nodes, pods: pods, setup: setup, startCPU: cpuSeconds(b, pid), syncRSS: peakRSS(b, pid)}
 	// The idle rate: what watching the cluster costs with no upgrade running.
 	idleWindow := time.Duration(envInt("ZTCANARY_BENCH_IDLE_SECONDS", 20)) * time.Second
+	stopProfiles := profileCPU(b, profDir, pprofPort)
 	idleFrom := time.Now()
 	time.Sleep(idleWindow)
 	idleEnd := cpuSeconds(b, pid)
 	res.idleCPU = (idleEnd - res.startCPU) / time.Since(idleFrom).Seconds()
-	stopProfiles := profileLoop(b, profDir, pprofPort)
 	upgrade := seedUpgrade("scale", ztv1.NodeStrategyHandoff,
 		ztv1.Step{Nodes: intstr.FromString("10%")}, ztv1.Step{Nodes: intstr.FromString("50%")}, ztv1.Step{Nodes: intstr.FromString("100%")})
 	upgrade.Spec.StepTimeout = &metav1.Duration{Duration: 30 * time.Minute}
 	m0 := scrape(b, port)
 	start := time.Now()
 	must(c.Create(ctx, upgrade))
-	lastStep, lastSum, lastOwn, lastAt, lastCPU, lastCanary := int32(0), m0["reconcile_seconds"], m0["reconcile_cpu"], start, idleEnd, int32(0)
+	lastStep, lastSum, lastAt, lastCPU, lastCanary := int32(0), m0["reconcile_seconds"], start, idleEnd, int32(0)
 	var u ztv1.RevisionUpgrade
 	prepared := false
 	must(wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -361,10 +373,9 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 			res.prepCPU, res.prepWall = cpuSeconds(b, pid)-idleEnd, time.Since(start)
 		}
 		if u.Status.CurrentStep != lastStep || u.Status.Phase == ztv1.PhaseSucceeded {
-			m, cpu := scrape(b, port), cpuSeconds(b, pid)
-			sum, own := m["reconcile_seconds"], m["reconcile_cpu"]
-			res.steps = append(res.steps, stepResult{nodes: int(u.Status.CanaryNodes - lastCanary), cpu: cpu - lastCPU, own: own - lastOwn, reconcile: sum - lastSum, wall: time.Since(lastAt)})
-			lastStep, lastSum, lastOwn, lastAt, lastCPU, lastCanary = u.Status.CurrentStep, sum, own, time.Now(), cpu, u.Status.CanaryNodes
+			sum, cpu, now := scrape(b, port)["reconcile_seconds"], cpuSeconds(b, pid), time.Now()
+			res.steps = append(res.steps, stepResult{nodes: int(u.Status.CanaryNodes - lastCanary), cpu: cpu - lastCPU, reconcile: sum - lastSum, wall: now.Sub(lastAt), from: lastAt, to: now})
+			lastStep, lastSum, lastAt, lastCPU, lastCanary = u.Status.CurrentStep, sum, now, cpu, u.Status.CanaryNodes
 		}
 		if u.Status.Phase == ztv1.PhaseRolledBack || u.Status.Phase == ztv1.PhaseFailed {
 			return false, fmt.Errorf("upgrade %s: %s", u.Status.Phase, u.Status.Message)
@@ -384,7 +395,20 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 		b.FailNow()
 	}
 	res.invariantEvents, res.overlap, res.restarts = w.Events(), w.LongestOverlap(), w.Started(fromRev)
-	stopProfiles()
+	segs := stopProfiles()
+	_, res.idleShare = stepProfile(segs, idleFrom, start)
+	res.idleWall = start.Sub(idleFrom)
+	for i := range res.steps {
+		st := &res.steps[i]
+		var p *profile.Profile
+		p, st.share = stepProfile(segs, st.from, st.to)
+		if p != nil && profDir != "" {
+			f, err := os.Create(filepath.Join(profDir, fmt.Sprintf("cpu-step%d.pprof", i)))
+			must(err)
+			must(p.Write(f))
+			must(f.Close())
+		}
+	}
 	m := scrape(b, port)
 	res.peakRSS = peakRSS(b, pid)
 	proc.kill()
@@ -417,9 +441,11 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	b.ReportMetric(float64(res.peakRSS)/(1<<20), "MB-peak-rss")
 	fmt.Printf("scale upgrade: %d nodes, %d pods (setup %s), Handoff 10%%→50%%→100%% in %s; orchestrator start-up (cache sync) CPU %.2fs, idle (watching) %.1f ms CPU per s\n",
 		nodes, pods, setup.Round(time.Second), res.total.Round(time.Second), res.startCPU, res.idleCPU*1000)
+	fmt.Printf("  idle %s sampled: %s\n", res.idleWall.Round(time.Second), res.idleShare)
 	for i, st := range res.steps {
-		fmt.Printf("  step %d: %d nodes moved; orchestrator CPU %.2fs (%.2fs per 100 nodes, %.2fs above idle), of which reconcile passes %.2fs (%.2fs per 100 nodes); time inside Reconcile %.2fs (API round trips included), of %s wall\n",
-			i, st.nodes, st.cpu, st.cpuPer100(), st.abovePer100(res.idleCPU), st.own, st.ownPer100(), st.reconcile, st.wall.Round(10*time.Millisecond))
+		fmt.Printf("  step %d: %d nodes moved; orchestrator CPU %.2fs (%.2fs per 100 nodes, %.2fs above idle), time inside Reconcile %.2fs (API round trips included), of %s wall\n",
+			i, st.nodes, st.cpu, st.cpuPer100(), st.abovePer100(res.idleCPU), st.reconcile, st.wall.Round(10*time.Millisecond))
+		fmt.Printf("    sampled: %s\n", st.share)
 	}
 	fmt.Printf("  %.0f reconciles; API writes: %.0f node patches (%.2f per node moved), %.0f evictions, %.0f pin patches, %.0f status patches; requests by method: %v\n",
 		res.reconciles, res.writes["node"], res.writes["node"]/moved, res.writes["eviction"], res.writes["pin"], res.writes["status"], res.requests)
@@ -453,60 +479,99 @@ func startBenchOrchestrator(b *testing.B, e *env, port int, extra ...string) *or
 	return p
 }
 
-// profileLoop, when dir is set, saves back-to-back 10 s CPU profiles of the
-// orchestrator (merge them with `go tool pprof -proto dir/cpu-*.pprof`) and, when
-// stopped, a heap profile. It returns the function that stops it.
-func profileLoop(b *testing.B, dir string, port int) func() {
-	if dir == "" {
-		return func() {}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	save := func(path, name string) bool {
+// cpuSegment is one CPU profile of the orchestrator and the wall time it covers.
+type cpuSegment struct {
+	from, to time.Time
+	prof     *profile.Profile
+}
+
+// profileCPU takes back-to-back one-second CPU profiles of the orchestrator (its
+// --pprof-bind-address port) until stopped; stop returns them. Short segments let
+// each be assigned to the step that ran then. When dir is set, stop also saves the
+// heap and allocation profiles there.
+func profileCPU(b *testing.B, dir string, port int) (stop func() []cpuSegment) {
+	get := func(path string) ([]byte, error) {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, path))
 		if err != nil {
-			b.Logf("profile %s: %v", path, err)
-			return false
+			return nil, err
 		}
 		defer resp.Body.Close()
-		f, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			b.Logf("profile %s: %v", path, err)
-			return false
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: %s", path, resp.Status)
 		}
-		defer f.Close()
-		_, err = io.Copy(f, resp.Body)
-		return err == nil
+		return io.ReadAll(resp.Body)
 	}
-	stop, done := make(chan struct{}), make(chan struct{})
+	var segs []cpuSegment
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := 0; ; i++ {
+		for {
 			select {
-			case <-stop:
+			case <-quit:
 				return
 			default:
 			}
-			if !save("profile?seconds=10", fmt.Sprintf("cpu-%03d.pprof", i)) {
+			from := time.Now()
+			raw, err := get("profile?seconds=1")
+			if err != nil {
+				b.Logf("CPU profile: %v", err)
 				return // the orchestrator is gone
 			}
+			p, err := profile.ParseData(raw)
+			if err != nil {
+				b.Logf("CPU profile: %v", err)
+				return
+			}
+			segs = append(segs, cpuSegment{from: from, to: time.Now(), prof: p})
 		}
 	}()
 	var once sync.Once
 	stopLoop := func() {
 		once.Do(func() {
-			close(stop)
+			close(quit)
 			<-done
 		})
 	}
 	// A benchmark that fails stops the loop too.
 	b.Cleanup(stopLoop)
-	return func() {
+	return func() []cpuSegment {
 		stopLoop()
-		save("heap", "heap.pprof")
-		save("allocs", "allocs.pprof")
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				b.Fatal(err)
+			}
+			for _, name := range []string{"heap", "allocs"} {
+				if raw, err := get(name); err != nil {
+					b.Logf("profile %s: %v", name, err)
+				} else if err := os.WriteFile(filepath.Join(dir, name+".pprof"), raw, 0o644); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		return segs
 	}
+}
+
+// stepProfile merges the segments whose middle falls within [from, to).
+func stepProfile(segs []cpuSegment, from, to time.Time) (*profile.Profile, cpuShare) {
+	var ps []*profile.Profile
+	var share cpuShare
+	for _, s := range segs {
+		mid := s.from.Add(s.to.Sub(s.from) / 2)
+		if mid.Before(from) || !mid.Before(to) {
+			continue
+		}
+		ps = append(ps, s.prof)
+		share = share.add(splitCPU(s.prof))
+	}
+	if len(ps) == 0 {
+		return nil, share
+	}
+	merged, err := profile.Merge(ps)
+	if err != nil {
+		return nil, share
+	}
+	return merged, share
 }
 
 // scrape reads the figures the benchmark needs from the orchestrator's metrics.
@@ -530,8 +595,6 @@ func scrape(b *testing.B, port int) map[string]float64 {
 		switch {
 		case strings.HasPrefix(fields[0], `controller_runtime_reconcile_time_seconds_sum{controller="revisionupgrade"}`):
 			out["reconcile_seconds"] = v
-		case fields[0] == "ztcanary_reconcile_cpu_seconds_total":
-			out["reconcile_cpu"] = v
 		case strings.HasPrefix(fields[0], `controller_runtime_reconcile_total{controller="revisionupgrade"`):
 			out["reconciles"] += v
 		case strings.HasPrefix(fields[0], "ztcanary_api_writes_total{"):

@@ -130,7 +130,7 @@ func terminal(p ztv1.Phase) bool {
 // Reconcile fetches the upgrade, takes at most one round of actions, and patches the
 // status it changed (with an optimistic lock, so two replicas cannot both advance).
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (res ctrl.Result, err error) {
-	accountCPU(func() { res, err = r.reconcileOnce(ctx, req) })
+	labelled(ctx, func(ctx context.Context) { res, err = r.reconcileOnce(ctx, req) })
 	return res, err
 }
 

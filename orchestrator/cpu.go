@@ -1,28 +1,23 @@
 package orchestrator
 
 import (
-	"runtime"
-
-	"github.com/prometheus/client_golang/prometheus"
+	"context"
+	"runtime/pprof"
 )
 
-// reconcileCPU is the orchestrator's own work: what its reconcile passes compute and
-// send. The process's CPU also holds decoding every watched change (every pod the
-// scheduler places, every node heartbeat) and the garbage collector's background
-// work; those grow with the cluster's churn whether or not an upgrade runs.
-var reconcileCPU = prometheus.NewCounter(prometheus.CounterOpts{
-	Name: "ztcanary_reconcile_cpu_seconds_total",
-	Help: "CPU time of the reconcile passes: the goroutines that decide, encode writes and decode their replies (not watch decoding, nor the garbage collector's background work). Counted on Linux only.",
-})
+// ProfileLabel is the pprof label key that marks the orchestrator's own work in a CPU
+// profile (value ProfileReconcile): the reconcile passes and the goroutines they
+// start. The rest of the process's CPU is decoding the watched changes (every pod the
+// scheduler places, every node heartbeat), the caches, and the garbage collector's
+// background work, which grow with the cluster's churn whether an upgrade runs or not.
+// Labels cost nothing unless a profile is taken (--pprof-bind-address).
+const (
+	ProfileLabel     = "ztcanary"
+	ProfileReconcile = "reconcile"
+)
 
-// accountCPU runs f with its goroutine locked to one thread and adds that thread's
-// CPU time over f to reconcileCPU. Goroutines f starts account for themselves.
-func accountCPU(f func()) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	start, ok := threadCPUTime()
-	f()
-	if end, ok2 := threadCPUTime(); ok && ok2 && end > start {
-		reconcileCPU.Add((end - start).Seconds())
-	}
+// labelled runs f with the reconcile profile label on its goroutine (goroutines f
+// starts inherit it).
+func labelled(ctx context.Context, f func(context.Context)) {
+	pprof.Do(ctx, pprof.Labels(ProfileLabel, ProfileReconcile), f)
 }

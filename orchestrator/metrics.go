@@ -36,7 +36,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(apiWrites, reconcileCPU, stageDuration, nodesByRevision, upgradePhase, trafficWeight, rollbacksTotal)
+	metrics.Registry.MustRegister(apiWrites, stageDuration, nodesByRevision, upgradePhase, trafficWeight, rollbacksTotal)
 }
 
 var allPhases = []ztv1.Phase{ztv1.PhasePending, ztv1.PhaseProgressing, ztv1.PhasePaused, ztv1.PhaseSucceeded,

@@ -237,7 +237,7 @@ func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			accountCPU(func() { results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n)) })
+			results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n))
 		}()
 	}
 	wg.Wait()
