@@ -19,6 +19,13 @@ import (
 // taken over silently.
 const FieldManager = "ztcanary"
 
+// heldStrategyKey annotates a ztunnel DaemonSet that ztcanary holds at OnDelete with
+// the update strategy it had before (JSON), until ztcanary gives it back. An upgrade
+// that ends Failed (no automatic rollback) leaves the hold in place; the next upgrade
+// reads its strategy here, not the OnDelete it finds, and gives the DaemonSet its own
+// strategy back in the end.
+const heldStrategyKey = "ztcanary.io/held-update-strategy"
+
 // revisionKey is where Istio records a revision: an annotation on the ztunnel
 // DaemonSet and its pods (Istio's chart), or a label of the same name.
 const revisionKey = "istio.io/rev"
@@ -116,10 +123,28 @@ func recordPins(u *ztv1.RevisionUpgrade, targets []pinTarget) []ztv1.PinRecord {
 		if ds, ok := t.obj.(*appsv1.DaemonSet); ok {
 			b, _ := json.Marshal(ds.Spec.UpdateStrategy)
 			rec.UpdateStrategy = string(b)
+			if held, ok := heldStrategy(ds); ok {
+				rec.UpdateStrategy = held
+			}
 		}
 		out = append(out, rec)
 	}
 	return out
+}
+
+// heldStrategy returns the strategy a DaemonSet had before ztcanary held it at
+// OnDelete, if it is still held (someone who changed the strategy since has lifted
+// the hold).
+func heldStrategy(ds *appsv1.DaemonSet) (string, bool) {
+	held, ok := ds.Annotations[heldStrategyKey]
+	if !ok || ds.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
+		return "", false
+	}
+	var s appsv1.DaemonSetUpdateStrategy
+	if err := json.Unmarshal([]byte(held), &s); err != nil || s.Type == "" {
+		return "", false
+	}
+	return held, true
 }
 
 // pinPatch is the merge patch pinning a target to its revision's nodes. A merge patch
@@ -156,6 +181,10 @@ func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
 		// DaemonSet controller still removes a pod from a node the pinning no longer
 		// selects (the swap) and starts one on a node it newly selects.
 		patch["updateStrategy"] = map[string]any{"type": string(appsv1.OnDeleteDaemonSetStrategyType), "rollingUpdate": nil}
+		return json.Marshal(map[string]any{
+			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: rec.UpdateStrategy}},
+			"spec":     patch,
+		})
 	}
 	return json.Marshal(map[string]any{"spec": patch})
 }
@@ -238,6 +267,10 @@ func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
 			return nil, err
 		}
 		patch["updateStrategy"] = value
+		return json.Marshal(map[string]any{
+			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: nil}},
+			"spec":     patch,
+		})
 	}
 	return json.Marshal(map[string]any{"spec": patch})
 }
@@ -281,10 +314,14 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 			}
 			return err
 		}
-		if ds.Spec.UpdateStrategy.Type == orig.Type && equality.Semantic.DeepEqual(ds.Spec.UpdateStrategy.RollingUpdate, orig.RollingUpdate) {
+		_, held := ds.Annotations[heldStrategyKey]
+		if !held && ds.Spec.UpdateStrategy.Type == orig.Type && equality.Semantic.DeepEqual(ds.Spec.UpdateStrategy.RollingUpdate, orig.RollingUpdate) {
 			continue
 		}
-		patch, err := json.Marshal(map[string]any{"spec": map[string]any{"updateStrategy": value}})
+		patch, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: nil}},
+			"spec":     map[string]any{"updateStrategy": value},
+		})
 		if err != nil {
 			return err
 		}

@@ -333,6 +333,9 @@ func TestPinningHoldsADaemonSetAtOnDeleteAndRestoresItsStrategy(t *testing.T) {
 	if pinned.Spec.Template.Spec.Affinity == nil {
 		t.Error("the pin patch did not pin the template")
 	}
+	if pinned.Annotations[heldStrategyKey] != u.Status.OriginalPins[0].UpdateStrategy {
+		t.Errorf("pinned DaemonSet's annotations %v do not hold its strategy %s", pinned.Annotations, u.Status.OriginalPins[0].UpdateStrategy)
+	}
 	restore, err := restorePatch(u, u.Status.OriginalPins[0])
 	if err != nil {
 		t.Fatal(err)
@@ -343,6 +346,39 @@ func TestPinningHoldsADaemonSetAtOnDeleteAndRestoresItsStrategy(t *testing.T) {
 	}
 	if !equality.Semantic.DeepEqual(back.Spec.Template, ds.Spec.Template) {
 		t.Errorf("restored template %+v, want %+v", back.Spec.Template, ds.Spec.Template)
+	}
+	if _, ok := back.Annotations[heldStrategyKey]; ok {
+		t.Errorf("restored DaemonSet still annotated %v", back.Annotations)
+	}
+
+	// An upgrade that ended Failed left the DaemonSet held: the next upgrade records
+	// the strategy it had before the hold, not OnDelete, and gives that back.
+	next := u.DeepCopy()
+	heldTarget := pinTarget{kind: "DaemonSet", obj: pinned, template: &pinned.Spec.Template, revision: "1-18-0", affinity: true}
+	next.Status.OriginalPins = recordPins(next, []pinTarget{heldTarget})
+	if got := next.Status.OriginalPins[0].UpdateStrategy; got != u.Status.OriginalPins[0].UpdateStrategy {
+		t.Errorf("a held DaemonSet's strategy was recorded as %s, want %s", got, u.Status.OriginalPins[0].UpdateStrategy)
+	}
+	restore, err = restorePatch(next, next.Status.OriginalPins[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back := apply(pinned, restore); !equality.Semantic.DeepEqual(back.Spec.UpdateStrategy, orig) {
+		t.Errorf("the next upgrade restored %+v, want %+v", back.Spec.UpdateStrategy, orig)
+	}
+	// OnDelete without the annotation is the user's own choice; a strategy changed
+	// after the hold (the annotation left behind) lifts it: both are recorded as found.
+	own := ds.DeepCopy()
+	own.Spec.UpdateStrategy = appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}
+	lifted := pinned.DeepCopy()
+	lifted.Spec.UpdateStrategy = orig
+	lifted.Spec.UpdateStrategy.RollingUpdate = &appsv1.RollingUpdateDaemonSet{MaxUnavailable: &surge}
+	for name, d := range map[string]*appsv1.DaemonSet{"own OnDelete": own, "lifted hold": lifted} {
+		recs := recordPins(next, []pinTarget{{kind: "DaemonSet", obj: d, template: &d.Spec.Template, revision: "1-18-0", affinity: true}})
+		want, _ := json.Marshal(d.Spec.UpdateStrategy)
+		if recs[0].UpdateStrategy != string(want) {
+			t.Errorf("%s: recorded %s, want %s", name, recs[0].UpdateStrategy, want)
+		}
 	}
 	// A Deployment is never held: its pin patch names only its template.
 	d := &appsv1.Deployment{}
