@@ -134,6 +134,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (res 
 	return res, err
 }
 
+// reconcileOnce is one pass of Reconcile, run under the reconcile profile label
+// (cpu.go), so a CPU profile tells the passes from watching the cluster.
 func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (ctrl.Result, error) {
 	u := &ztv1.RevisionUpgrade{}
 	if err := r.Client.Get(ctx, req.NamespacedName, u); err != nil {
