@@ -147,6 +147,7 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 	log := r.Log.With(zap.String("upgrade", u.Name))
 	before := u.DeepCopy()
 	res, err := r.reconcile(ctx, log, u)
+	r.noteError(u, err)
 	wrote, perr := r.patchStatus(ctx, before, u)
 	if perr != nil {
 		if apierrors.IsConflict(perr) {
@@ -163,6 +164,32 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 		return ctrl.Result{}, err
 	}
 	return res, nil
+}
+
+// maxConditionMessage bounds the error text a condition carries.
+const maxConditionMessage = 1024
+
+// noteError records the outcome of a pass in the Degraded condition: an error that
+// would otherwise only be logged and retried (a write the API server refuses, for
+// example) becomes visible on the upgrade, and the condition turns False once a pass
+// completes again.
+func (r *Reconciler) noteError(u *ztv1.RevisionUpgrade, err error) {
+	if err == nil {
+		if meta.IsStatusConditionTrue(u.Status.Conditions, ztv1.ConditionDegraded) {
+			setCondition(u, ztv1.ConditionDegraded, metav1.ConditionFalse, "Recovered", "the last reconcile pass completed")
+		}
+		return
+	}
+	msg := err.Error()
+	if len(msg) > maxConditionMessage {
+		msg = strings.ToValidUTF8(msg[:maxConditionMessage], "") + "…"
+	}
+	msg += " (retried with backoff)"
+	was := meta.IsStatusConditionTrue(u.Status.Conditions, ztv1.ConditionDegraded)
+	setCondition(u, ztv1.ConditionDegraded, metav1.ConditionTrue, "ReconcileError", msg)
+	if !was {
+		r.Recorder.Event(u, eventWarning, "ReconcileError", msg)
+	}
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {

@@ -415,6 +415,10 @@ const (
 	ConditionRolledBack = "RolledBack"
 	// ConditionComplete is True when the upgrade succeeded.
 	ConditionComplete = "Complete"
+	// ConditionDegraded is True while reconcile passes fail with an error (the API
+	// server refuses a write, a read fails) and are retried with backoff; its message
+	// is the last error. False once a pass completes again.
+	ConditionDegraded = "Degraded"
 	// ConditionGateways (Sidecar mode) lists, when the upgrade starts, which
 	// gateways' proxies run which revision and whether they move with their
 	// namespace.
@@ -617,7 +621,8 @@ type RevisionUpgradeStatus struct {
 	// Message says, for a person, what the upgrade waits for or why it stopped.
 	// +optional
 	Message string `json:"message,omitempty"`
-	// Conditions: Ready, Progressing, Paused, Verified, RolledBack, Complete.
+	// Conditions: Ready, Progressing, Paused, Verified, RolledBack, Complete, Degraded
+	// (and Gateways in Sidecar mode).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
