@@ -153,6 +153,8 @@ func (e *env) capturedBy(node, rev string) (bool, string) {
 type captureLog struct {
 	mu   sync.Mutex
 	seen map[string][]string
+	// pods: node → pod (namespace/name) → the states the node's reports gave it.
+	pods map[string]map[string][]string
 }
 
 // summary sums up a NodeCapture's pods: "Single(1-18-0)", "Both(1-18-0,1-18-1)",
@@ -184,6 +186,27 @@ func (l *captureLog) add(nc *ztv1.NodeCapture) {
 	if seq := l.seen[nc.Name]; len(seq) == 0 || seq[len(seq)-1] != s {
 		l.seen[nc.Name] = append(seq, s)
 	}
+	if l.pods[nc.Name] == nil {
+		l.pods[nc.Name] = map[string][]string{}
+	}
+	for _, p := range nc.Status.Pods {
+		ps := string(p.State) + "(" + p.CapturedBy + ")"
+		key := p.Namespace + "/" + p.Name
+		if seq := l.pods[nc.Name][key]; len(seq) == 0 || seq[len(seq)-1] != ps {
+			l.pods[nc.Name][key] = append(seq, ps)
+		}
+	}
+}
+
+// podsOf returns, per pod of the node, the capture states its reports gave it.
+func (l *captureLog) podsOf(node string) map[string][]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string][]string{}
+	for k, v := range l.pods[node] {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 func (l *captureLog) of(node string) []string {
@@ -199,7 +222,7 @@ func (e *env) recordCaptures() *captureLog {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	l := &captureLog{seen: map[string][]string{}}
+	l := &captureLog{seen: map[string][]string{}, pods: map[string]map[string][]string{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -318,33 +341,36 @@ func TestAgentsVerifyEachWave(t *testing.T) {
 		}
 	}
 	handoffs := 0
+	from, both, to := "Single("+fromRev+")", "Both("+fromRev+","+toRev+")", "Single("+toRev+")"
 	for _, n := range e.workers() {
-		// A node whose pods the to ztunnel captured showed both ztunnels first, unless
-		// it held no ambient pod at its turn (pinning moves workloads) and got some
-		// after.
 		seq := captures.of(n)
-		both := "Both(" + fromRev + "," + toRev + ")"
-		single := slices.Index(seq, "Single("+toRev+")")
-		// What the node showed just before the to ztunnel alone (agent lag aside).
-		before := "(nothing)"
-		for k := single - 1; k >= 0 && single > 0; k-- {
-			if !strings.Contains(seq[k], "Unknown") {
-				before = seq[k]
-				break
-			}
-		}
 		end := seq[len(seq)-1]
-		switch {
-		case (seq[0] != "Single("+fromRev+")" && seq[0] != "") || (end != "Single("+toRev+")" && end != ""):
-			t.Errorf("node %s: the agent showed %v; want Single(%s) first, Single(%s) last (or no pods)", n, seq, fromRev, toRev)
-		case single >= 0 && strings.Contains(before, both):
-			handoffs++
-		case single >= 0 && before != "":
-			t.Errorf("node %s: the agent showed %v; want %s (or no pods) before Single(%s)", n, seq, both, toRev)
+		if (seq[0] != from && seq[0] != "") || (end != to && end != "") {
+			t.Errorf("node %s: the agent showed %v; want %s first, %s last (or no pods)", n, seq, from, to)
 		}
 		for _, s := range seq {
 			if strings.Contains(s, "None") {
 				t.Errorf("node %s: a pod without a listening ztunnel during the upgrade: %v", n, seq)
+			}
+		}
+		// A pod the from ztunnel captured reached the to ztunnel alone only through
+		// both listening: the orchestrator relabels a node only once its agent shows
+		// the to ztunnel in every ambient pod. A pod that arrived after the to ztunnel
+		// started is the to ztunnel's alone from the start (istio-cni hands new pods to
+		// the newest ztunnel); the agent's reports may never show one that left
+		// within a report's interval.
+		for pod, states := range captures.podsOf(n) {
+			last := ""
+			for _, s := range states {
+				switch {
+				case s == to && last == from:
+					t.Errorf("node %s: pod %s went from %s to %s without both ztunnels listening: %v", n, pod, from, to, states)
+				case s == to && last == both:
+					handoffs++
+				}
+				if !strings.HasPrefix(s, "Unknown") {
+					last = s
+				}
 			}
 		}
 		t.Logf("node %s: %s", n, strings.Join(seq, " → "))
