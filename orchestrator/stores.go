@@ -42,26 +42,31 @@ func podIndex(f func(client.Object) []string) toolscache.IndexFunc {
 }
 
 // useInformerStores registers the pod indexes on c's pod informer and keeps the node
-// and pod stores for the passes to read. It must run before the cache starts.
+// and pod stores for the passes to read. A cache whose informers expose no store (a
+// cache split by namespace, for one) gets controller-runtime's field indexes instead,
+// and the passes read through the client. It must run before the cache starts.
 func (r *Reconciler) useInformerStores(ctx context.Context, c cache.Cache) error {
 	podInf, err := c.GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return fmt.Errorf("pod informer: %w", err)
 	}
-	if err := podInf.AddIndexers(podIndexers); err != nil {
-		return fmt.Errorf("index pods by node: %w", err)
-	}
 	nodeInf, err := c.GetInformer(ctx, &corev1.Node{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
-	pods, ok := podInf.(interface{ GetIndexer() toolscache.Indexer })
-	if !ok {
-		return fmt.Errorf("the pod informer (%T) has no indexer", podInf)
+	pods, podsOK := podInf.(interface{ GetIndexer() toolscache.Indexer })
+	nodes, nodesOK := nodeInf.(interface{ GetStore() toolscache.Store })
+	if !podsOK || !nodesOK {
+		r.stores = nil
+		for name, f := range map[string]client.IndexerFunc{podNodeIndex: indexPodNode, ztunnelNodeIndex: indexZtunnelNode} {
+			if err := c.IndexField(ctx, &corev1.Pod{}, name, f); err != nil {
+				return fmt.Errorf("index pods by %s: %w", name, err)
+			}
+		}
+		return nil
 	}
-	nodes, ok := nodeInf.(interface{ GetStore() toolscache.Store })
-	if !ok {
-		return fmt.Errorf("the node informer (%T) has no store", nodeInf)
+	if err := podInf.AddIndexers(podIndexers); err != nil {
+		return fmt.Errorf("index pods by node: %w", err)
 	}
 	r.stores = &informerStores{nodes: nodes.GetStore(), pods: pods.GetIndexer()}
 	return nil
