@@ -270,9 +270,9 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 	// operator deploys them per revision): 90% of the pods stable, 10% canary
 	// (ZTCANARY_BENCH_CANARY_PERCENT). The canary pods wait, Pending, for the first
 	// nodes on the to revision: the first wave starts all of them.
-	canaryPercent := envInt("ZTCANARY_BENCH_CANARY_PERCENT", 10)
-	if os.Getenv("ZTCANARY_BENCH_CANARY_PERCENT") == "0" {
-		canaryPercent = 0
+	canaryPercent := 10
+	if v, err := strconv.Atoi(os.Getenv("ZTCANARY_BENCH_CANARY_PERCENT")); err == nil && v >= 0 && v <= 100 {
+		canaryPercent = v
 	}
 	workers := make([]string, nodes)
 	for i := range workers {

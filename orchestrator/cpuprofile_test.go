@@ -2,6 +2,7 @@ package orchestrator_test
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,7 +52,7 @@ func splitCPU(p *profile.Profile) cpuShare {
 	for _, s := range p.Sample {
 		d := time.Duration(s.Value[idx])
 		out.total += d
-		if slicesContains(s.Label[orchestrator.ProfileLabel], orchestrator.ProfileReconcile) {
+		if slices.Contains(s.Label[orchestrator.ProfileLabel], orchestrator.ProfileReconcile) {
 			out.reconcile += d
 			continue
 		}
@@ -63,15 +64,6 @@ func splitCPU(p *profile.Profile) cpuShare {
 		}
 	}
 	return out
-}
-
-func slicesContains(vs []string, v string) bool {
-	for _, x := range vs {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // stackHas: a frame of the sample's stack begins with one of prefixes.
