@@ -147,6 +147,15 @@ func heldStrategy(ds *appsv1.DaemonSet) (string, bool) {
 	return held, true
 }
 
+// holdPatch is the merge patch of a DaemonSet's spec that also sets the held strategy
+// annotation to held (the recorded strategy's JSON), or removes it (nil).
+func holdPatch(spec map[string]any, held any) ([]byte, error) {
+	return json.Marshal(map[string]any{
+		"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: held}},
+		"spec":     spec,
+	})
+}
+
 // pinPatch is the merge patch pinning a target to its revision's nodes. A merge patch
 // on the pod template touches only the keys it names.
 func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
@@ -181,10 +190,7 @@ func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
 		// DaemonSet controller still removes a pod from a node the pinning no longer
 		// selects (the swap) and starts one on a node it newly selects.
 		patch["updateStrategy"] = map[string]any{"type": string(appsv1.OnDeleteDaemonSetStrategyType), "rollingUpdate": nil}
-		return json.Marshal(map[string]any{
-			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: rec.UpdateStrategy}},
-			"spec":     patch,
-		})
+		return holdPatch(patch, rec.UpdateStrategy)
 	}
 	return json.Marshal(map[string]any{"spec": patch})
 }
@@ -267,10 +273,7 @@ func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
 			return nil, err
 		}
 		patch["updateStrategy"] = value
-		return json.Marshal(map[string]any{
-			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: nil}},
-			"spec":     patch,
-		})
+		return holdPatch(patch, nil)
 	}
 	return json.Marshal(map[string]any{"spec": patch})
 }
@@ -318,10 +321,7 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 		if !held && ds.Spec.UpdateStrategy.Type == orig.Type && equality.Semantic.DeepEqual(ds.Spec.UpdateStrategy.RollingUpdate, orig.RollingUpdate) {
 			continue
 		}
-		patch, err := json.Marshal(map[string]any{
-			"metadata": map[string]any{"annotations": map[string]any{heldStrategyKey: nil}},
-			"spec":     map[string]any{"updateStrategy": value},
-		})
+		patch, err := holdPatch(map[string]any{"updateStrategy": value}, nil)
 		if err != nil {
 			return err
 		}
