@@ -172,11 +172,7 @@ func (r *Reconciler) nodeCaptures(ctx context.Context) (map[string]*ztv1.NodeCap
 	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list NodeCaptures: %w", err)
 	}
-	out := make(map[string]*ztv1.NodeCapture, len(list.Items))
-	for i := range list.Items {
-		out[list.Items[i].Name] = &list.Items[i]
-	}
-	return out, nil
+	return byName(list.Items), nil
 }
 
 func isDaemonPod(p *corev1.Pod) bool {

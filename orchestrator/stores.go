@@ -90,11 +90,20 @@ func (r *Reconciler) listNodes(ctx context.Context) (map[string]*corev1.Node, er
 	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	out := make(map[string]*corev1.Node, len(nodes.Items))
-	for i := range nodes.Items {
-		out[nodes.Items[i].Name] = &nodes.Items[i]
+	return byName(nodes.Items), nil
+}
+
+// byName maps listed items by name, pointing into the list (no copy).
+func byName[T any, PT interface {
+	*T
+	GetName() string
+}](items []T) map[string]PT {
+	out := make(map[string]PT, len(items))
+	for i := range items {
+		p := PT(&items[i])
+		out[p.GetName()] = p
 	}
-	return out, nil
+	return out
 }
 
 // podsOn returns the pods of one node that an index (podNodeIndex or
