@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 45m
 SIM       := $(GO) run ./kind/sim/cmd/ztcanary-sim
 
 .DEFAULT_GOAL := help
-.PHONY: help build test sim-binaries optional-binaries generate verify refusals lint sim-up sim-down demo bench fuzz reliability images kind-e2e
+.PHONY: help build test test-unit sim-binaries optional-binaries generate verify refusals lint sim-up sim-down demo bench fuzz reliability images kind-e2e
 
 ## help: list the targets
 help:
@@ -30,6 +30,10 @@ optional-binaries:
 ## test: run every test, the simulated-cluster and eBPF ones included (eBPF needs root)
 test: sim-binaries optional-binaries
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## test-unit: the tests that need no simulated cluster, no root and no built binary (go test -short; builds nothing else)
+test-unit:
+	$(GO) test -short -count=1 -timeout 10m ./...
 
 ## generate: regenerate committed code (CRDs, deepcopy, bpf2go bindings)
 generate:

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
@@ -78,7 +79,7 @@ func TestAgentWritesNodeCapture(t *testing.T) {
 		}
 	}
 	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}})
-	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo", Labels: map[string]string{LabelDataplaneMode: "ambient"}}})
+	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo", Labels: map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}}})
 	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}})
 	newAPIPod := func(ns, name string, labels, annotations map[string]string) *corev1.Pod {
 		p := &corev1.Pod{

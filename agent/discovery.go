@@ -7,25 +7,20 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
-// Labels and annotations the agent reads.
-const (
-	// LabelRevision is Istio's revision key: an annotation on the ztunnel chart's pods, or
-	// a label; also the node label that pins revisions.
-	LabelRevision = "istio.io/rev"
-	// LabelDataplaneMode enrols a namespace (value "ambient") or opts a pod out ("none").
-	LabelDataplaneMode = "istio.io/dataplane-mode"
-	// LabelZtunnelApp is the label every ztunnel pod carries, whatever its revision.
-	LabelZtunnelApp = "app"
-)
+// LabelRevision is the default node label that pins revisions (istio.io/rev, Istio's
+// revision key: mesh.RevisionKey).
+const LabelRevision = mesh.RevisionKey
 
 // ZtunnelPod is a ztunnel pod running on the agent's node.
 type ZtunnelPod struct {
 	Namespace, Name, UID, Revision string
 }
 
-// AmbientPod is an ambient pod of the agent's node.
+// AmbientPod is an ambient pod of the agent's node (mesh.Ambient).
 type AmbientPod struct {
 	Namespace, Name, UID string
 	IPs                  []string
@@ -51,8 +46,11 @@ type DiscoveryOptions struct {
 	NodeLabel string
 }
 
-// Discover reads the node's revision label, its ztunnel pods and its ambient pods: three
-// requests (the node, the pods with spec.nodeName = node, the ambient namespaces).
+// Discover reads the node's revision label, its ztunnel pods and its ambient pods
+// (mesh.Ambient: enrolled by their namespace's label or their own): three requests (the
+// node, the namespaces labelled ambient, the pods with spec.nodeName = node). Only the
+// ambient namespaces' labels are read, which is all mesh.Ambient needs: a pod labelled
+// ambient is found in any namespace, since every pod of the node is listed.
 func Discover(ctx context.Context, c client.Client, o DiscoveryOptions) (NodeView, error) {
 	var v NodeView
 	var node corev1.Node
@@ -62,43 +60,30 @@ func Discover(ctx context.Context, c client.Client, o DiscoveryOptions) (NodeVie
 	v.NodeRevision = node.Labels[o.NodeLabel]
 
 	var nss corev1.NamespaceList
-	if err := c.List(ctx, &nss, client.MatchingLabels{LabelDataplaneMode: "ambient"}); err != nil {
+	if err := c.List(ctx, &nss, client.MatchingLabels{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}); err != nil {
 		return v, fmt.Errorf("list ambient namespaces: %w", err)
 	}
-	ambientNS := map[string]bool{}
+	nsLabels := make(map[string]map[string]string, len(nss.Items))
 	for _, ns := range nss.Items {
-		ambientNS[ns.Name] = true
+		nsLabels[ns.Name] = ns.Labels
 	}
 
 	var pods corev1.PodList
 	if err := c.List(ctx, &pods, client.MatchingFields{"spec.nodeName": o.Node}); err != nil {
 		return v, fmt.Errorf("list pods of node %s: %w", o.Node, err)
 	}
-	for _, p := range pods.Items {
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		if p.Namespace == o.ZtunnelNamespace && p.Labels[LabelZtunnelApp] == "ztunnel" {
-			rev := p.Annotations[LabelRevision]
-			if rev == "" {
-				rev = p.Labels[LabelRevision]
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if mesh.IsZtunnelPod(o.ZtunnelNamespace, p) {
+			// A terminating ztunnel still counts: its listeners may still be open.
+			if !mesh.Finished(p) {
+				v.Ztunnels = append(v.Ztunnels, ZtunnelPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Revision: mesh.Revision(p)})
 			}
-			v.Ztunnels = append(v.Ztunnels, ZtunnelPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Revision: rev})
 			continue
 		}
-		// A terminating pod is leaving: istio-cni removes it from ztunnel when its sandbox
-		// goes, before the API forgets it, so its listeners close while it is listed.
-		if !ambientNS[p.Namespace] || p.Spec.HostNetwork || p.Labels[LabelDataplaneMode] == "none" || p.DeletionTimestamp != nil {
-			continue
+		if mesh.Ambient(nsLabels[p.Namespace], p) {
+			v.Ambient = append(v.Ambient, AmbientPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), IPs: mesh.PodIPs(p)})
 		}
-		ap := AmbientPod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}
-		for _, ip := range p.Status.PodIPs {
-			ap.IPs = append(ap.IPs, ip.IP)
-		}
-		if len(ap.IPs) == 0 && p.Status.PodIP != "" {
-			ap.IPs = []string{p.Status.PodIP}
-		}
-		v.Ambient = append(v.Ambient, ap)
 	}
 	sort.Slice(v.Ztunnels, func(i, j int) bool { return v.Ztunnels[i].Name < v.Ztunnels[j].Name })
 	sort.Slice(v.Ambient, func(i, j int) bool { return v.Ambient[i].Key() < v.Ambient[j].Key() })

@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
 
 // The stand-in ztunnel is this test binary, re-executed with helperEnv set.
@@ -110,9 +112,10 @@ func acceptLoop(l net.Listener) {
 }
 
 // requirePrivileges skips without root, except under CI=true where it fails: there the
-// eBPF tests must run.
+// eBPF tests must run. Under -short (make test-unit) it skips, even as root.
 func requirePrivileges(t testing.TB) {
 	t.Helper()
+	simtest.SkipShort(t, "needs root and eBPF")
 	why := ""
 	if os.Geteuid() != 0 {
 		why = "needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN)"

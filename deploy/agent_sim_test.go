@@ -34,9 +34,10 @@ import (
 const agentAccount = "ztcanary-agent"
 
 // requireDataPlane skips without root, cgroup v2 or BTF, except under CI=true where
-// it fails.
+// it fails. Under -short it skips.
 func requireDataPlane(t *testing.T) {
 	t.Helper()
+	simtest.SkipShort(t, "needs root, cgroup v2 and BTF")
 	if err := simdataplane.Check(true); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true: %v", err)

@@ -21,6 +21,7 @@ import (
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/kind/sim/simdataplane"
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
 
 // These tests run the real orchestrator against real node agents: the simulated data
@@ -51,9 +52,10 @@ func agentBinary(t *testing.T) string {
 }
 
 // requireDataPlane skips without root, cgroup v2 or BTF, except under CI=true where
-// it fails.
+// it fails. Under -short it skips.
 func requireDataPlane(t *testing.T) {
 	t.Helper()
+	simtest.SkipShort(t, "needs root, cgroup v2 and BTF")
 	if err := simdataplane.Check(true); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true: %v", err)

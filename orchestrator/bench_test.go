@@ -370,7 +370,7 @@ func runScaleUpgrade(b *testing.B, nodes, pods int) scaleResult {
 			b.Logf("get upgrade: %v (retrying)", err)
 			return false, nil
 		}
-		if !prepared && u.Status.StepStage != "" && u.Status.StepStage != orchestrator.StagePinning {
+		if !prepared && u.Status.StepStage != "" && u.Status.StepStage != ztv1.StagePinning {
 			prepared = true
 			res.prepCPU, res.prepWall = cpuSeconds(b, pid)-idleEnd, time.Since(start)
 		}

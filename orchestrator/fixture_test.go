@@ -43,8 +43,14 @@ const (
 	testNodes = 5 // the control plane and four workers; the workers are in scope
 )
 
-// orchestratorBin is built once per test run, so tests kill a real process.
-var orchestratorBin string
+// orchestratorBin is where orchestratorBinary builds the orchestrator, once per test
+// run, so tests kill a real process; the agent is built beside it. TestMain removes
+// the folder.
+var (
+	orchestratorBin  string
+	orchestratorOnce sync.Once
+	orchestratorErr  error
+)
 
 func TestMain(m *testing.M) {
 	// The tests' own clients (seeding, watching) log nothing; without a logger
@@ -56,13 +62,26 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	orchestratorBin = filepath.Join(dir, "ztcanary-orchestrator")
-	if out, err := exec.Command("go", "build", "-o", orchestratorBin, "github.com/ztcanary/ztcanary/cmd/ztcanary-orchestrator").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build orchestrator: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// orchestratorBinary returns the built orchestrator, building it on first use: the
+// package's pure tests (all that -short runs) never pay for the build.
+func orchestratorBinary(t testing.TB) string {
+	t.Helper()
+	simtest.SkipShort(t, "runs the built orchestrator")
+	orchestratorOnce.Do(func() {
+		out, err := exec.Command("go", "build", "-o", orchestratorBin, "github.com/ztcanary/ztcanary/cmd/ztcanary-orchestrator").CombinedOutput()
+		if err != nil {
+			orchestratorErr = fmt.Errorf("build orchestrator: %w\n%s", err, out)
+		}
+	})
+	if orchestratorErr != nil {
+		t.Fatal(orchestratorErr)
+	}
+	return orchestratorBin
 }
 
 // env is one test's simulated cluster with the seed topology installed.
@@ -226,7 +245,7 @@ func (e *env) startOrchestrator(extra ...string) *orchestratorProc {
 		kubeconfig = e.kubeconfig
 	}
 	args := append([]string{"--kubeconfig=" + kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0", "--leader-elect=false"}, extra...)
-	p.cmd = exec.Command(orchestratorBin, args...)
+	p.cmd = exec.Command(orchestratorBinary(e.t), args...)
 	w := lockedBuffer{mu: p.mu, buf: p.logs}
 	p.cmd.Stdout, p.cmd.Stderr = w, w
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -2,7 +2,9 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -22,6 +25,9 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/ambient"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 )
 
 // Options configure the orchestrator process.
@@ -32,7 +38,8 @@ type Options struct {
 	HealthAddr string
 	// LeaderElection makes replicas elect one active orchestrator.
 	LeaderElection bool
-	// LeaderElectionNamespace holds the Lease (default: the in-cluster namespace).
+	// LeaderElectionNamespace holds the Lease (default: the pod's namespace in a
+	// pod; out of cluster, see LeaseNamespace).
 	LeaderElectionNamespace string
 	// LeaseDuration bounds how long a dead leader blocks the others (default 15s).
 	LeaseDuration time.Duration
@@ -42,6 +49,33 @@ type Options struct {
 
 // LeaderElectionID names the Lease the orchestrator replicas compete for.
 const LeaderElectionID = "ztcanary-orchestrator"
+
+// podNamespaceFile is where a pod finds its namespace; controller-runtime puts the
+// Lease there when no namespace is given, and fails where the file is missing.
+const podNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// LeaseNamespace returns the namespace of the leader election Lease when none is
+// given: "" in a pod (controller-runtime then uses the pod's namespace), else the
+// namespace of the kubeconfig's current context, or "default" when it names none,
+// the namespace kubectl would use with the same kubeconfig. Out-of-cluster replicas
+// run with one kubeconfig so compete for one Lease. kubeconfig is the --kubeconfig
+// path; empty means $KUBECONFIG or ~/.kube/config, as controller-runtime loads them.
+func LeaseNamespace(kubeconfig string) (string, error) {
+	if _, err := os.Stat(podNamespaceFile); err == nil {
+		return "", nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("check whether in a pod: %w", err)
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if kubeconfig != "" {
+		rules = &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}
+	}
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).Namespace()
+	if err != nil {
+		return "", fmt.Errorf("read the namespace of the kubeconfig's context: %w", err)
+	}
+	return ns, nil
+}
 
 // NewScheme returns the types the orchestrator reads and writes.
 func NewScheme() (*runtime.Scheme, error) {
@@ -111,13 +145,9 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 	if err != nil {
 		return nil, nil, err
 	}
-	r := &Reconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorderFor("ztcanary-orchestrator"),
-		Log:      log.Named("orchestrator"),
-		Routes:   Routers(kube, gw, istio),
-	}
-	r.Gates = []Gate{TrafficGate{Recorder: r.Recorder}}
+	recorder := mgr.GetEventRecorderFor("ztcanary-orchestrator")
+	r := NewReconciler(&drive.Env{Client: mgr.GetClient(), Recorder: recorder, Log: log.Named("orchestrator")},
+		ambient.Routers(kube, gw, istio), ambient.TrafficGate{Recorder: recorder})
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, nil, fmt.Errorf("set up reconciler: %w", err)
 	}
@@ -165,7 +195,7 @@ func slimPod(obj any) (any, error) {
 
 // podAnnotations are the pod annotations the orchestrator reads: the revision, the
 // injector's status and template (sidecar mode, gateways) and its own restart mark.
-var podAnnotations = []string{revisionKey, injectorStatusKey, "inject.istio.io/templates", ztv1.AnnotationRestart}
+var podAnnotations = []string{mesh.RevisionKey, mesh.AnnotationSidecarStatus, mesh.AnnotationInjectTemplates, ztv1.AnnotationRestart}
 
 // keepAnnotations returns the annotations among keys, nil when there are none.
 func keepAnnotations(all map[string]string, keys []string) map[string]string {

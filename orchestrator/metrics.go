@@ -25,18 +25,10 @@ var (
 		Name: "ztcanary_upgrade_traffic_weight",
 		Help: "Canary share of traffic (percent) an upgrade has set.",
 	}, []string{"upgrade"})
-	apiWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ztcanary_api_writes_total",
-		Help: "Writes the orchestrator sent to the API server, by kind (node, eviction, pin, status).",
-	}, []string{"kind"})
-	rollbacksTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ztcanary_rollbacks_total",
-		Help: "Rollbacks started, by reason.",
-	}, []string{"reason"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(apiWrites, stageDuration, nodesByRevision, upgradePhase, trafficWeight, rollbacksTotal)
+	metrics.Registry.MustRegister(stageDuration, nodesByRevision, upgradePhase, trafficWeight)
 }
 
 var allPhases = []ztv1.Phase{ztv1.PhasePending, ztv1.PhaseProgressing, ztv1.PhasePaused, ztv1.PhaseSucceeded,
@@ -45,8 +37,8 @@ var allPhases = []ztv1.Phase{ztv1.PhasePending, ztv1.PhaseProgressing, ztv1.Phas
 // observe updates the metrics from a status change.
 func (r *Reconciler) observe(before, after *ztv1.RevisionUpgrade) {
 	name := after.Name
-	if before.Status.StepStage != after.Status.StepStage && before.Status.StepStartedAt != nil && after.Status.StepStartedAt != nil {
-		stageDuration.WithLabelValues(before.Status.StepStage).Observe(after.Status.StepStartedAt.Sub(before.Status.StepStartedAt.Time).Seconds())
+	if b, a := before.Status.StageStart(), after.Status.StageStart(); before.Status.StepStage != after.Status.StepStage && b != nil && a != nil {
+		stageDuration.WithLabelValues(string(before.Status.StepStage)).Observe(a.Sub(b.Time).Seconds())
 	}
 	for _, p := range allPhases {
 		v := 0.0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
 	"strings"
 	"testing"
 
@@ -29,9 +30,9 @@ func planNode(name string, cordoned, ready bool) corev1.Node {
 }
 
 // describe is a readable line per planned step.
-func describe(plan []orchestrator.StepPlan) string {
+func describe(steps []plan.StepPlan) string {
 	var b strings.Builder
-	for _, p := range plan {
+	for _, p := range steps {
 		fmt.Fprintf(&b, "%d: target %d, moves %v, short %d", p.Index, p.Target, p.Nodes, p.Short)
 		if p.Split != nil {
 			fmt.Fprintf(&b, ", route %s", p.Split)
@@ -72,18 +73,18 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			plan, err := orchestrator.Plan(&tc.spec, tc.scope)
+			steps, err := plan.Nodes(&tc.spec, tc.scope)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := describe(plan); got != tc.want {
-				t.Errorf("plan:\n%s\nwant:\n%s", got, tc.want)
+			if got := describe(steps); got != tc.want {
+				t.Errorf("steps:\n%s\nwant:\n%s", got, tc.want)
 			}
 		})
 	}
-	t.Run("a plan the orchestrator would refuse is refused with its message", func(t *testing.T) {
+	t.Run("a steps the orchestrator would refuse is refused with its message", func(t *testing.T) {
 		spec := ztv1.RevisionUpgradeSpec{From: fromRev, To: toRev, Steps: []ztv1.Step{{Nodes: intstr.FromInt32(1)}}}
-		_, err := orchestrator.Plan(&spec, four)
+		_, err := plan.Nodes(&spec, four)
 		if err == nil || err.Error() != "spec.steps: the last step moves 1 of 4 nodes; end with nodes: 100% so the upgrade completes" {
 			t.Errorf("err = %v", err)
 		}
@@ -91,15 +92,15 @@ func TestPlan(t *testing.T) {
 }
 
 func TestScopeSelector(t *testing.T) {
-	sel, err := orchestrator.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev})
+	sel, err := plan.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev})
 	if err != nil || !sel.Matches(labels.Set{revKey: fromRev}) || sel.Matches(labels.Set{revKey: toRev}) {
 		t.Errorf("default scope %v, %v: want nodes labelled %s=%s", sel, err, revKey, fromRev)
 	}
-	sel, err = orchestrator.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev, NodeLabel: "example.com/rev"})
+	sel, err = plan.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev, NodeLabel: "example.com/rev"})
 	if err != nil || sel.String() != "example.com/rev="+fromRev {
 		t.Errorf("scope with a node label = %v, %v", sel, err)
 	}
-	_, err = orchestrator.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev, NodeSelector: &metav1.LabelSelector{
+	_, err = plan.ScopeSelector(&ztv1.RevisionUpgradeSpec{From: fromRev, NodeSelector: &metav1.LabelSelector{
 		MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: "Near"}}}})
 	if err == nil || !strings.HasPrefix(err.Error(), "spec.nodeSelector: ") {
 		t.Errorf("a bad selector: err = %v", err)
@@ -114,11 +115,11 @@ func TestPreflightRefusesWithoutWriting(t *testing.T) {
 	c := fake.NewClientBuilder().WithScheme(scheme).Build()
 	u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{From: fromRev, To: toRev, Ztunnel: ztv1.ZtunnelSpec{Namespace: istioNS}}}
 	err = orchestrator.Preflight(context.Background(), c, nil, u)
-	reason, ok := orchestrator.RefusalReason(err)
+	reason, ok := plan.RefusalReason(err)
 	if !ok || reason != "IstiodMissing" || !strings.Contains(err.Error(), "no istiod Deployment istio-system/istiod-"+toRev) {
 		t.Errorf("err = %v (reason %q, refusal %v), want IstiodMissing", err, reason, ok)
 	}
-	if _, ok := orchestrator.RefusalReason(errors.New("connection refused")); ok {
+	if _, ok := plan.RefusalReason(errors.New("connection refused")); ok {
 		t.Error("an API error counts as a refusal")
 	}
 }

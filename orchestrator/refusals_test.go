@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/ambient"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -72,7 +75,7 @@ func refusalWorld() *fakeWorld {
 		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}},
 			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
 		if rev != "" {
-			n.Labels[revisionKey] = rev
+			n.Labels[mesh.RevisionKey] = rev
 		}
 		return n
 	}
@@ -83,21 +86,21 @@ func refusalWorld() *fakeWorld {
 	w.objs = append(w.objs, namespace(worldNS, nil))
 	for _, rev := range []string{worldFrom, worldTo} {
 		istiod := availableIstiod(rev)
-		istiod.Labels = map[string]string{"app": "istiod", revisionKey: rev}
+		istiod.Labels = map[string]string{"app": "istiod", mesh.RevisionKey: rev}
 		istiod.Spec.Template.Spec.Containers = []corev1.Container{{Name: "discovery",
-			Env: []corev1.EnvVar{{Name: trustedAccountsEnv, Value: worldNS + "/ztunnel-" + worldFrom + "," + worldNS + "/ztunnel-" + worldTo}}}}
+			Env: []corev1.EnvVar{{Name: mesh.TrustedNodeAccountsEnv, Value: worldNS + "/ztunnel-" + worldFrom + "," + worldNS + "/ztunnel-" + worldTo}}}}
 		sa := "ztunnel-" + rev
 		w.objs = append(w.objs, istiod,
 			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: worldNS, Name: sa}},
-			&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: worldNS, Name: "ztunnel-" + rev, Annotations: map[string]string{revisionKey: rev}},
+			&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: worldNS, Name: "ztunnel-" + rev, Annotations: map[string]string{mesh.RevisionKey: rev}},
 				Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "ztunnel"}, Annotations: map[string]string{revisionKey: rev}},
-					Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeSelector: map[string]string{revisionKey: rev}},
+					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "ztunnel"}, Annotations: map[string]string{mesh.RevisionKey: rev}},
+					Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeSelector: map[string]string{mesh.RevisionKey: rev}},
 				}}},
 			namespace("bookinfo-"+rev, map[string]string{"istio.io/dataplane-mode": "ambient"}),
 			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "bookinfo-" + rev, Name: "reviews"},
 				Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](1), Template: corev1.PodTemplateSpec{
-					Spec: corev1.PodSpec{NodeSelector: map[string]string{revisionKey: rev}}}}},
+					Spec: corev1.PodSpec{NodeSelector: map[string]string{mesh.RevisionKey: rev}}}}},
 		)
 		w.services = append(w.services, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "bookinfo-" + rev, Name: "reviews"},
 			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 9080, Protocol: corev1.ProtocolTCP}}}})
@@ -128,9 +131,9 @@ func refusalWorld() *fakeWorld {
 	// Sidecar mode: the charts' injectors, and namespaces enrolled in from's.
 	w.objs = append(w.objs,
 		chartInjector(worldFrom, ""), chartInjector(worldFrom, "default"), chartInjector(worldTo, ""),
-		namespace("shop", map[string]string{injectionLabel: "enabled"}),
-		namespace("cart", map[string]string{revisionKey: worldFrom}),
-		namespace("off", map[string]string{injectionLabel: "disabled"}),
+		namespace("shop", map[string]string{mesh.LabelInjection: "enabled"}),
+		namespace("cart", map[string]string{mesh.RevisionKey: worldFrom}),
+		namespace("off", map[string]string{mesh.LabelInjection: "disabled"}),
 	)
 	return w
 }
@@ -237,7 +240,7 @@ func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
 	}
 	wr := &writes{}
 	c := fake.NewClientBuilder().WithScheme(s).WithObjects(w.objs...).WithObjects(w.services...).WithStatusSubresource(&ztv1.RevisionUpgrade{}).
-		WithIndex(&corev1.Pod{}, podNodeIndex, indexPodNode).WithIndex(&corev1.Pod{}, ztunnelNodeIndex, indexZtunnelNode).
+		WithIndex(&corev1.Pod{}, drive.PodNodeIndex, drive.IndexPodNode).WithIndex(&corev1.Pod{}, drive.ZtunnelNodeIndex, drive.IndexZtunnelNode).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				if _, ok := o.(*ztv1.RevisionUpgrade); !ok {
@@ -282,14 +285,15 @@ func (w *fakeWorld) refuser(t *testing.T, routes string) refuser {
 	gw.PrependReactor("*", "*", wr.reactor("gateway"))
 	ic := istiofake.NewSimpleClientset(w.istio...)
 	ic.PrependReactor("*", "*", wr.reactor("istio"))
-	r := &Reconciler{Client: c, Recorder: record.NewFakeRecorder(100), Log: zaptest.NewLogger(t),
-		Clock: clocktesting.NewFakePassiveClock(time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC))}
+	var rf ambient.RouterFactory
 	switch routes {
 	case "all":
-		r.Routes = Routers(kube, gw, ic)
+		rf = ambient.Routers(kube, gw, ic)
 	case "httproute":
-		r.Routes = HTTPRouteRouters(kube, gw)
+		rf = ambient.Routers(kube, gw, nil)
 	}
+	r := NewReconciler(&drive.Env{Client: c, Recorder: record.NewFakeRecorder(100), Log: zaptest.NewLogger(t),
+		Clock: clocktesting.NewFakePassiveClock(time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC))}, rf)
 	return refuser{r: r, c: c, gw: gw, istio: ic, writes: wr}
 }
 
@@ -330,7 +334,7 @@ func ambientUpgrade() *ztv1.RevisionUpgrade {
 	return &ztv1.RevisionUpgrade{
 		ObjectMeta: metav1.ObjectMeta{Name: "upgrade", Generation: 1},
 		Spec: ztv1.RevisionUpgradeSpec{
-			From: worldFrom, To: worldTo, NodeLabel: revisionKey, NodeStrategy: ztv1.NodeStrategyDrain,
+			From: worldFrom, To: worldTo, NodeLabel: mesh.RevisionKey, NodeStrategy: ztv1.NodeStrategyDrain,
 			Ztunnel:   ztv1.ZtunnelSpec{Namespace: worldNS, HandoffLabel: "ztcanary.io/handoff"},
 			Workloads: []ztv1.WorkloadPin{{Namespace: appsFrom, Revision: worldFrom}, {Namespace: appsTo, Revision: worldTo}},
 			Route: &ztv1.RouteSpec{
@@ -366,7 +370,7 @@ func sidecarMode(u *ztv1.RevisionUpgrade) {
 	u.Spec.Steps = []ztv1.Step{{Namespaces: ptr.To(intstr.FromInt32(1))}, {Namespaces: ptr.To(intstr.FromString("100%"))}}
 }
 
-func sidecar(change func(*ztv1.RevisionUpgrade)) func(*ztv1.RevisionUpgrade) {
+func inSidecarMode(change func(*ztv1.RevisionUpgrade)) func(*ztv1.RevisionUpgrade) {
 	return func(u *ztv1.RevisionUpgrade) {
 		sidecarMode(u)
 		if change != nil {
@@ -479,41 +483,41 @@ func preflightRefusals() []preflightCase {
 		{name: "a VirtualService on an orchestrator without an Istio client", spec: viaVirtualService(nil), routes: "httproute",
 			reason: "RouteUnsupported", want: "spec.route.virtualService: this orchestrator was started without an Istio client; use spec.route.httpRoute"},
 		// Sidecar.
-		{name: "Sidecar: an unknown to revision (no istiod-<to>)", spec: sidecar(func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0" }),
+		{name: "Sidecar: an unknown to revision (no istiod-<to>)", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) { u.Spec.To = "1-99-0" }),
 			reason: "IstiodMissing", want: "spec.to: no istiod Deployment istio-system/istiod-1-99-0: revision 1-99-0 is not installed (helm install istiod-1-99-0 istio/istiod -n istio-system --set revision=1-99-0)"},
-		{name: "Sidecar: istiod of the to revision not Available", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
+		{name: "Sidecar: istiod of the to revision not Available", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld { return edit(w, worldNS+"/istiod-"+worldTo, unavailable) },
 			reason: "IstiodNotReady", want: "spec.to: istiod istio-system/istiod-1-18-1 is not Available yet (0 of 2 replicas available); the upgrade starts once it is (kubectl -n istio-system describe deployment istiod-1-18-1 says what it waits for)"},
-		{name: "Sidecar: no injector of the to revision", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("istio-sidecar-injector-" + worldTo) },
+		{name: "Sidecar: no injector of the to revision", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("istio-sidecar-injector-" + worldTo) },
 			reason: "InjectorMissing", want: "spec.to: no sidecar injector of revision 1-18-1"},
-		{name: "Sidecar: no injector of the from revision", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: no injector of the from revision", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld {
 			return w.without("istio-sidecar-injector-"+worldFrom, "istio-revision-tag-default")
 		}, reason: "InjectorMissing", want: "spec.from: no sidecar injector of revision 1-18-0"},
-		{name: "Sidecar: a namespace selector that matches no namespace", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
+		{name: "Sidecar: a namespace selector that matches no namespace", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"team": "nobody"}}
 		}), reason: "NoNamespaces", want: "spec.namespaceSelector: no namespace matches team=nobody; nothing to upgrade"},
-		{name: "Sidecar: a namespace selector with an unknown operator", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
+		{name: "Sidecar: a namespace selector with an unknown operator", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near", Values: []string{"a"}}}}
 		}), reason: "InvalidSpec", want: `spec.namespaceSelector: "Near" is not a valid label selector operator`},
-		{name: "Sidecar: no namespace enrolled in the from injector", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("shop", "cart") },
+		{name: "Sidecar: no namespace enrolled in the from injector", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld { return w.without("shop", "cart") },
 			reason: "NoNamespaces", want: "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the 1-18-0 injector, and there are none (labelled istio.io/rev=1-18-0, or istio-injection=enabled where 1-18-0 serves the default injection); label them, or set spec.namespaceSelector"},
-		{name: "Sidecar: a namespace with injection disabled", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
+		{name: "Sidecar: a namespace with injection disabled", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "off"}}
 		}), reason: "InjectionDisabled", want: "spec.namespaceSelector: namespace off has istio-injection=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector"},
-		{name: "Sidecar: a to injector that would not select the relabelled namespace", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: a to injector that would not select the relabelled namespace", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld {
 			w.without("istio-sidecar-injector-" + worldTo)
 			w.objs = append(w.objs, chartInjector(worldTo, "canary")) // selects istio.io/rev=canary only
 			return w
 		}, reason: "InjectorSelectorMismatch", want: "spec.to: namespace cart, relabelled istio.io/rev=1-18-1 without istio-injection, would not be selected by any webhook of the 1-18-1 injector (istio-revision-tag-canary): its pods would get no proxy; make one of its webhooks select istio.io/rev=1-18-1, or leave the namespace out of spec.namespaceSelector"},
-		{name: "Sidecar: a second injector selecting the relabelled namespace", spec: sidecar(nil), world: func(w *fakeWorld) *fakeWorld {
+		{name: "Sidecar: a second injector selecting the relabelled namespace", spec: inSidecarMode(nil), world: func(w *fakeWorld) *fakeWorld {
 			rogue := chartInjector("1-17-0", "")
-			rogue.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{revisionKey: worldTo}}
+			rogue.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{mesh.RevisionKey: worldTo}}
 			w.objs = append(w.objs, rogue)
 			return w
 		}, reason: "InjectorConflict", want: "spec.to: namespace cart, relabelled istio.io/rev=1-18-1, would also be selected by istio-sidecar-injector-1-17-0/rev.namespace.sidecar-injector.istio.io (revision 1-17-0): two injectors would mutate its pods; fix that webhook's namespaceSelector"},
-		{name: "Sidecar: namespace percentages that decrease against counts", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
+		{name: "Sidecar: namespace percentages that decrease against counts", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps = []ztv1.Step{{Namespaces: ptr.To(intstr.FromInt32(2))}, {Namespaces: ptr.To(intstr.FromString("10%"))}, {Namespaces: ptr.To(intstr.FromString("100%"))}}
 		}), reason: "InvalidSpec", want: "spec.steps[1].namespaces: 10% is 1 of 2 namespaces, fewer than the 2 of the step before; namespace counts must never decrease"},
-		{name: "Sidecar: steps that never reach every namespace", spec: sidecar(func(u *ztv1.RevisionUpgrade) {
+		{name: "Sidecar: steps that never reach every namespace", spec: inSidecarMode(func(u *ztv1.RevisionUpgrade) {
 			u.Spec.Steps = []ztv1.Step{{Namespaces: ptr.To(intstr.FromInt32(1))}}
 		}), reason: "InvalidSpec", want: "spec.steps: the last step moves 1 of 2 namespaces; end with namespaces: 100% so the upgrade completes"},
 	}
@@ -663,4 +667,43 @@ func preflightTable(rows []string) string {
 		b.WriteString(r + "\n")
 	}
 	return b.String()
+}
+
+func availableIstiod(rev string) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "istiod-" + rev},
+		Status:     appsv1.DeploymentStatus{AvailableReplicas: 1, Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue}}},
+	}
+}
+
+func namespace(name string, labels map[string]string) *corev1.Namespace {
+	l := map[string]string{"kubernetes.io/metadata.name": name}
+	for k, v := range labels {
+		l[k] = v
+	}
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+}
+
+func chartInjector(rev, tag string) *admissionregistrationv1.MutatingWebhookConfiguration {
+	sel := func(reqs ...metav1.LabelSelectorRequirement) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchExpressions: reqs}
+	}
+	req := func(k string, op metav1.LabelSelectorOperator, v ...string) metav1.LabelSelectorRequirement {
+		return metav1.LabelSelectorRequirement{Key: k, Operator: op, Values: v}
+	}
+	selects, name := rev, "istio-sidecar-injector-"+rev
+	if tag != "" {
+		selects, name = tag, "istio-revision-tag-"+tag
+	}
+	hooks := []admissionregistrationv1.MutatingWebhook{
+		{Name: "rev.namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.RevisionKey, metav1.LabelSelectorOpIn, selects), req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist))},
+		{Name: "rev.object.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.RevisionKey, metav1.LabelSelectorOpDoesNotExist), req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist))},
+	}
+	if tag == "default" {
+		hooks = append(hooks,
+			admissionregistrationv1.MutatingWebhook{Name: "namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.LabelInjection, metav1.LabelSelectorOpIn, "enabled"))},
+			admissionregistrationv1.MutatingWebhook{Name: "object.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist), req(mesh.RevisionKey, metav1.LabelSelectorOpDoesNotExist))},
+		)
+	}
+	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{mesh.RevisionKey: rev}}, Webhooks: hooks}
 }

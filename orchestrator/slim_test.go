@@ -1,6 +1,8 @@
 package orchestrator
 
 import (
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 	"testing"
 	"time"
 
@@ -20,12 +22,12 @@ func TestSlimPodAnswersAsTheFullPod(t *testing.T) {
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: "reviews-1", Namespace: "bookinfo", UID: "u1", ResourceVersion: "42", CreationTimestamp: now,
-				Labels: map[string]string{"app": "reviews", ambientModeLabel: "ambient"},
+				Labels: map[string]string{"app": "reviews", mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient},
 				Annotations: map[string]string{
-					revisionKey:                 "1-19-0",
-					injectorStatusKey:           `{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"1-19-0"}`,
-					"inject.istio.io/templates": "gateway",
-					ztv1.AnnotationRestart:      "2026-12-02T12:00:00Z",
+					mesh.RevisionKey:                                   "1-19-0",
+					mesh.AnnotationSidecarStatus:                       `{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"1-19-0"}`,
+					mesh.AnnotationInjectTemplates:                     "gateway",
+					ztv1.AnnotationRestart:                             "2026-12-02T12:00:00Z",
 					"kubectl.kubernetes.io/last-applied-configuration": `{"a huge":"document"}`,
 				},
 				OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "reviews-abc", UID: "rs", Controller: &ctrl}},
@@ -52,8 +54,8 @@ func TestSlimPodAnswersAsTheFullPod(t *testing.T) {
 		"deleting":  full(func(p *corev1.Pod) { p.DeletionTimestamp = &now }),
 		"finished":  full(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
 		"host net":  full(func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
-		"no proxy":  full(func(p *corev1.Pod) { delete(p.Annotations, injectorStatusKey) }),
-		"label rev": full(func(p *corev1.Pod) { delete(p.Annotations, revisionKey); p.Labels[revisionKey] = "1-19-0" }),
+		"no proxy":  full(func(p *corev1.Pod) { delete(p.Annotations, mesh.AnnotationSidecarStatus) }),
+		"label rev": full(func(p *corev1.Pod) { delete(p.Annotations, mesh.RevisionKey); p.Labels[mesh.RevisionKey] = "1-19-0" }),
 		"no annots": full(func(p *corev1.Pod) { p.Annotations = nil }),
 		"ztunnel": full(func(p *corev1.Pod) {
 			p.Labels = map[string]string{"app": "ztunnel"}
@@ -74,21 +76,23 @@ func TestSlimPodAnswersAsTheFullPod(t *testing.T) {
 					t.Errorf("%s: full pod %v, slim pod %v", what, a, b)
 				}
 			}
-			same("podReadyNow", podReadyNow(p), podReadyNow(s))
+			same("mesh.Ready", mesh.Ready(p), mesh.Ready(s))
 			same("podReadyStatus", podReadyStatus(p), podReadyStatus(s))
-			same("ztunnel ready", ztunnelPod{pod: p}.ready(), ztunnelPod{pod: s}.ready())
-			same("proxyRevision", proxyRevision(p), proxyRevision(s))
-			same("describeProxy", describeProxy(p), describeProxy(s))
-			same("revisionOf", revisionOf(p), revisionOf(s))
-			same("isGatewayPod", isGatewayPod(p), isGatewayPod(s))
-			same("isDaemonPod", isDaemonPod(p), isDaemonPod(s))
-			same("podFinished", podFinished(p), podFinished(s))
+			same("mesh.Serving", mesh.Serving(p), mesh.Serving(s))
+			same("mesh.ProxyRevision", mesh.ProxyRevision(p), mesh.ProxyRevision(s))
+			same("mesh.DescribeProxy", mesh.DescribeProxy(p), mesh.DescribeProxy(s))
+			same("mesh.Revision", mesh.Revision(p), mesh.Revision(s))
+			same("mesh.GatewayPod", mesh.GatewayPod(p), mesh.GatewayPod(s))
+			same("mesh.DaemonSetPod", mesh.DaemonSetPod(p), mesh.DaemonSetPod(s))
+			same("mesh.Enrolled", mesh.Enrolled(nil, p), mesh.Enrolled(nil, s))
+			same("mesh.IsZtunnelPod", mesh.IsZtunnelPod("bookinfo", p), mesh.IsZtunnelPod("bookinfo", s))
+			same("mesh.Finished", mesh.Finished(p), mesh.Finished(s))
 			same("pod IP", p.Status.PodIP, s.Status.PodIP)
 			same("hostNetwork", p.Spec.HostNetwork, s.Spec.HostNetwork)
 			same("created", p.CreationTimestamp, s.CreationTimestamp)
 			same("deleting", p.DeletionTimestamp == nil, s.DeletionTimestamp == nil)
-			same("node index", len(indexPodNode(p)), len(indexPodNode(s)))
-			same("ztunnel index", len(indexZtunnelNode(p)), len(indexZtunnelNode(s)))
+			same("node index", len(drive.IndexPodNode(p)), len(drive.IndexPodNode(s)))
+			same("ztunnel index", len(drive.IndexZtunnelNode(p)), len(drive.IndexZtunnelNode(s)))
 			if podChanged(p, s) {
 				t.Error("podChanged sees a difference between the pod and its slim copy")
 			}

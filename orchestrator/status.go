@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 )
 
 // A status holds one entry per node in scope; a pass usually changes a few of them
@@ -140,7 +141,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, before, u *ztv1.RevisionUp
 	if err != nil {
 		return false, err
 	}
-	countWrite("status")
+	drive.CountWrite("status")
 	// The answer is asked for as metadata only: the whole object holds an entry per
 	// node in scope, and decoding it back would double the cost of every status write
 	// on a large cluster. u already holds what was written; only its resourceVersion

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -22,7 +23,7 @@ import (
 
 func scaleStatus(nodes int) ztv1.RevisionUpgradeStatus {
 	s := ztv1.RevisionUpgradeStatus{
-		Phase: ztv1.PhaseProgressing, StepStage: StageMoving, TotalNodes: int32(nodes),
+		Phase: ztv1.PhaseProgressing, StepStage: ztv1.StageMovingNodes, TotalNodes: int32(nodes),
 		TrafficStep: ptr.To(int32(0)), Message: "step 0: moving",
 		Conditions: []metav1.Condition{{Type: ztv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "PreflightPassed", LastTransitionTime: metav1.Unix(1700000000, 0)}},
 	}
@@ -147,7 +148,7 @@ func TestStatusPatchOfAStaleReadConflicts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Reconciler{Client: c}
+	r := &Reconciler{Env: &drive.Env{Client: c}}
 	u := &ztv1.RevisionUpgrade{
 		ObjectMeta: metav1.ObjectMeta{Name: "status"},
 		Spec:       ztv1.RevisionUpgradeSpec{From: "1-18-0", To: "1-18-1", Steps: []ztv1.Step{{Nodes: intstr.FromString("100%")}}},

@@ -35,7 +35,6 @@ import (
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simnet"
 	"github.com/ztcanary/ztcanary/kind/sim/simtest"
-	"github.com/ztcanary/ztcanary/orchestrator"
 )
 
 // The route users reach through Traefik, as GitOps owns it: everything to the
@@ -308,17 +307,13 @@ func (te *traefikEnv) waitStepPaused(name string, i int) *ztv1.RevisionUpgrade {
 	var u *ztv1.RevisionUpgrade
 	te.eventually(fmt.Sprintf("upgrade %s to pause after step %d", name, i), 2*time.Minute, func() (bool, string) {
 		u = te.upgrade(name)
-		done := u.Status.Phase == ztv1.PhasePaused && int(u.Status.CurrentStep) == i && u.Status.StepStage == orchestrator.StagePausing
-		return done || terminal(u.Status.Phase), fmt.Sprintf("phase %s, step %d, stage %s: %s", u.Status.Phase, u.Status.CurrentStep, u.Status.StepStage, u.Status.Message)
+		done := u.Status.Phase == ztv1.PhasePaused && int(u.Status.CurrentStep) == i && u.Status.StepStage == ztv1.StagePausing
+		return done || u.Status.Phase.Terminal(), fmt.Sprintf("phase %s, step %d, stage %s: %s", u.Status.Phase, u.Status.CurrentStep, u.Status.StepStage, u.Status.Message)
 	})
-	if terminal(u.Status.Phase) {
+	if u.Status.Phase.Terminal() {
 		te.t.Fatalf("upgrade %s ended %s before step %d paused: %s", name, u.Status.Phase, i, u.Status.Message)
 	}
 	return u
-}
-
-func terminal(p ztv1.Phase) bool {
-	return p == ztv1.PhaseSucceeded || p == ztv1.PhaseRolledBack || p == ztv1.PhaseFailed
 }
 
 // gateRan checks, from the backends' counts, that the orchestrator's traffic gate
@@ -377,7 +372,7 @@ func TestUpgradeThroughTraefik(t *testing.T) {
 
 	te.eventually("the orchestrator to wait for the canary's ready endpoint", 2*time.Minute, func() (bool, string) {
 		u := te.upgrade("seed")
-		return u.Status.StepStage == orchestrator.StageTraffic && strings.Contains(u.Status.Message, "no ready endpoint"), u.Status.Message
+		return u.Status.StepStage == ztv1.StageShiftingTraffic && strings.Contains(u.Status.Message, "no ready endpoint"), u.Status.Message
 	})
 	if got := te.rulesJSON(); got != te.rules {
 		t.Fatalf("the route changed while the canary had no ready endpoint:\n%s\nwant\n%s", got, te.rules)

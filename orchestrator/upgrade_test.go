@@ -180,14 +180,14 @@ func TestFailedGateRollsBackExactly(t *testing.T) {
 						first = n.Name
 					}
 				}
-				return first != "", u.Status.StepStage + ": " + u.Status.Message
+				return first != "", string(u.Status.StepStage) + ": " + u.Status.Message
 			})
 			if strategy == ztv1.NodeStrategyHandoff {
 				e.reportCapture(first, fromRev, ztv1.VerdictMultipleRevisions, ztv1.CaptureBoth, fromRev+","+toRev, "handoff in progress")
 			}
 			e.eventually("the first wave to wait for verification", time.Minute, func() (bool, string) {
 				u := e.upgrade("gated")
-				return u.Status.StepStage == "Verifying", u.Status.StepStage + ": " + u.Status.Message
+				return u.Status.StepStage == ztv1.StageVerifying, string(u.Status.StepStage) + ": " + u.Status.Message
 			})
 			e.reportCapture(first, toRev, ztv1.VerdictMismatch, ztv1.CaptureSingle, fromRev, "pod reviews-x captured by the "+fromRev+" ztunnel")
 			u = e.waitPhase("gated", 2*time.Minute, ztv1.PhaseRolledBack, ztv1.PhaseFailed, ztv1.PhaseSucceeded)
@@ -315,11 +315,11 @@ func TestKilledOrchestratorResumesInEveryStage(t *testing.T) {
 			// Kill the orchestrator (SIGKILL) as soon as the upgrade enters each
 			// stage of interest, then start a new one.
 			kills := 0
-			for _, stage := range []string{"Pinning", "MovingNodes", "Verifying", "Pausing"} {
+			for _, stage := range []ztv1.Stage{ztv1.StagePinning, ztv1.StageMovingNodes, ztv1.StageVerifying, ztv1.StagePausing} {
 				p := e.startOrchestrator()
-				e.eventually("stage "+stage, time.Minute, func() (bool, string) {
+				e.eventually("stage "+string(stage), time.Minute, func() (bool, string) {
 					u := e.upgrade("crashy")
-					return u.Status.StepStage == stage || u.Status.Phase == ztv1.PhaseSucceeded, u.Status.StepStage
+					return u.Status.StepStage == stage || u.Status.Phase == ztv1.PhaseSucceeded, string(u.Status.StepStage)
 				})
 				p.kill()
 				kills++

@@ -24,7 +24,6 @@ import (
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/gatewayroutes"
 	"github.com/ztcanary/ztcanary/kind/sim"
-	"github.com/ztcanary/ztcanary/orchestrator"
 )
 
 // shopNS holds an application canary done with Istio's own API: one reviews
@@ -246,7 +245,7 @@ func TestVirtualServiceRouteShiftsAndRestoresExactly(t *testing.T) {
 	// Invariant 3: no share, not even the test route, while v2 has no ready pod.
 	e.eventually("the orchestrator to wait for a ready canary pod", 2*time.Minute, func() (bool, string) {
 		u := e.upgrade("vs")
-		return u.Status.StepStage == orchestrator.StageTraffic && strings.Contains(u.Status.Message, `canary subset "v2" of service shop/reviews has no ready endpoint`), u.Status.Message
+		return u.Status.StepStage == ztv1.StageShiftingTraffic && strings.Contains(u.Status.Message, `canary subset "v2" of service shop/reviews has no ready endpoint`), u.Status.Message
 	})
 	if vs, _ := vsSpec(t, ic); vs != vsBefore {
 		t.Fatalf("the VirtualService changed while the canary subset had no ready pod:\n%s", vs)
@@ -260,7 +259,7 @@ func TestVirtualServiceRouteShiftsAndRestoresExactly(t *testing.T) {
 		want := *u.Spec.Steps[i].Traffic.Weight
 		e.eventually(fmt.Sprintf("the pause after step %d", i), 2*time.Minute, func() (bool, string) {
 			u := e.upgrade("vs")
-			return u.Status.Phase == ztv1.PhasePaused && int(u.Status.CurrentStep) == i && u.Status.StepStage == orchestrator.StagePausing,
+			return u.Status.Phase == ztv1.PhasePaused && int(u.Status.CurrentStep) == i && u.Status.StepStage == ztv1.StagePausing,
 				fmt.Sprintf("phase %s, step %d, stage %s: %s", u.Status.Phase, u.Status.CurrentStep, u.Status.StepStage, u.Status.Message)
 		})
 		weights, tests := vsWeights(t, ic)

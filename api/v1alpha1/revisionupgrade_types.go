@@ -146,7 +146,9 @@ type RevisionUpgradeSpec struct {
 	// +optional
 	Rollback RollbackSpec `json:"rollback,omitempty"`
 
-	// StepTimeout bounds each step's wait for pods, ztunnels and gates.
+	// StepTimeout bounds each step's work (moving its nodes, verifying them,
+	// shifting traffic and the gates; not its pause): a step not done in time is
+	// rolled back. In Sidecar mode it bounds each namespace's move.
 	// +kubebuilder:default="10m"
 	// +optional
 	StepTimeout *metav1.Duration `json:"stepTimeout,omitempty"`
@@ -517,6 +519,10 @@ type NamespaceStatus struct {
 	// here was absent. Rollback writes them back exactly.
 	// +optional
 	OriginalLabels map[string]string `json:"originalLabels,omitempty"`
+	// StartedAt is when the namespace began to move: spec.stepTimeout bounds its
+	// move from then.
+	// +optional
+	StartedAt *metav1.Time `json:"startedAt,omitempty"`
 	// Workloads are the workloads ztcanary restarted (or decided to restart), in
 	// order, with what their pod template's restart annotation was before.
 	// +optional
@@ -573,13 +579,19 @@ type RevisionUpgradeStatus struct {
 	// CurrentStep is the index of the step in progress (or the last one done).
 	// +optional
 	CurrentStep int32 `json:"currentStep"`
-	// StepStage is what the current step does now: MovingNodes, Verifying,
-	// ShiftingTraffic, Analysing, Pausing, Done.
+	// StepStage is what the current step does now: Pinning, MovingNodes,
+	// Verifying, ShiftingTraffic, Analysing, Pausing (MovingNamespaces in Sidecar
+	// mode), a rollback stage (RestoringRoute, RestoringNodes, RestoringPins,
+	// EvictingCanaryPods, RestoringNamespaces), or Done.
 	// +optional
-	StepStage string `json:"stepStage,omitempty"`
-	// StepStartedAt is when the current stage began (for timeouts and durations).
+	StepStage Stage `json:"stepStage,omitempty"`
+	// StepStartedAt is when the current step began: spec.stepTimeout bounds the
+	// step's work from then (its pause excluded).
 	// +optional
 	StepStartedAt *metav1.Time `json:"stepStartedAt,omitempty"`
+	// StageStartedAt is when the current stage began (for pauses and durations).
+	// +optional
+	StageStartedAt *metav1.Time `json:"stageStartedAt,omitempty"`
 	// CanaryNodes counts the nodes in scope labelled with the to revision.
 	// +optional
 	CanaryNodes int32 `json:"canaryNodes"`

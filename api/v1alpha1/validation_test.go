@@ -24,6 +24,7 @@ func TestMain(m *testing.M) { simtest.Main(m, sim.Options{Nodes: 1, SkipCRDs: tr
 
 func apiClient(t testing.TB) client.Client {
 	t.Helper()
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	crds, err := sim.ReadCRDs(filepath.Join("..", "..", "deploy", "crds"))
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,7 @@
 //
 // The commands read and write RevisionUpgrade objects; the orchestrator does the
 // work. `plan` and `start` check an upgrade the way the orchestrator will (the CRD's
-// schema through a server-side dry run, then orchestrator.Plan and
+// schema through a server-side dry run, then plan.Nodes and
 // orchestrator.Preflight), `promote`, `pause`, `resume` and `abort` set the
 // annotations the orchestrator reads (api/v1alpha1 Annotation*), `status` draws what
 // the orchestrator records in status, and `inventory` reads Istio's own objects.
@@ -34,7 +34,7 @@ import (
 	"github.com/spf13/pflag"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
-	"github.com/ztcanary/ztcanary/orchestrator"
+	"github.com/ztcanary/ztcanary/orchestrator/ambient"
 )
 
 // PluginName is the binary name under which kubectl finds ztcanary as a plugin.
@@ -138,8 +138,8 @@ func (e *Env) terminal(w io.Writer) bool {
 
 // routers is the orchestrator's own RouterFactory, so that plan and preflight
 // judge a route exactly as the orchestrator will.
-func (c *Clients) routers() orchestrator.RouterFactory {
-	return orchestrator.Routers(c.Kube, c.Gateway, c.Istio)
+func (c *Clients) routers() ambient.RouterFactory {
+	return ambient.Routers(c.Kube, c.Gateway, c.Istio)
 }
 
 // NewRootCommand returns the `ztcanary` command with its subcommands, talking to
@@ -252,11 +252,6 @@ func isMissingAPI(err error) bool {
 	return false
 }
 
-// terminal reports whether an upgrade in phase p is over.
-func terminal(p ztv1.Phase) bool {
-	return p == ztv1.PhaseSucceeded || p == ztv1.PhaseRolledBack || p == ztv1.PhaseFailed
-}
-
 // getUpgrade fetches the named upgrade or, with no name, the one in progress.
 func getUpgrade(ctx context.Context, c client.Client, name string) (*ztv1.RevisionUpgrade, error) {
 	if name != "" {
@@ -272,7 +267,7 @@ func getUpgrade(ctx context.Context, c client.Client, name string) (*ztv1.Revisi
 	}
 	var active []ztv1.RevisionUpgrade
 	for _, u := range list.Items {
-		if !terminal(u.Status.Phase) {
+		if !u.Status.Phase.Terminal() {
 			active = append(active, u)
 		}
 	}

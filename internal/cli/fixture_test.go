@@ -23,6 +23,7 @@ import (
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 
 	goldenfile "github.com/ztcanary/ztcanary/internal/golden"
 )
@@ -68,7 +69,7 @@ func seedWorld() *fakeCluster {
 		f.objs = append(f.objs,
 			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: sa}},
 			testIstiod(rev, trusted), testZtunnel(rev, sa),
-			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo-" + rev, Labels: map[string]string{labelDataplaneMode: "ambient"}}},
+			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo-" + rev, Labels: map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}}},
 		)
 	}
 	for _, ns := range []string{"bookinfo-" + fromRev, "bookinfo-" + toRev} {
@@ -103,14 +104,14 @@ func testNode(name, rev string, cordoned bool) *corev1.Node {
 		Spec:   corev1.NodeSpec{Unschedulable: cordoned},
 		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
 	if rev != "" {
-		n.Labels[labelRev] = rev
+		n.Labels[mesh.RevisionKey] = rev
 	}
 	return n
 }
 
 func testIstiod(rev, trusted string) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: "istiod-" + rev, Labels: map[string]string{"app": "istiod", labelRev: rev}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: "istiod-" + rev, Labels: map[string]string{"app": "istiod", mesh.RevisionKey: rev}},
 		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](1), Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "discovery", Env: []corev1.EnvVar{{Name: "CA_TRUSTED_NODE_ACCOUNTS", Value: trusted}},
 		}}}}},
@@ -120,10 +121,10 @@ func testIstiod(rev, trusted string) *appsv1.Deployment {
 
 func testZtunnel(rev, sa string) *appsv1.DaemonSet {
 	return &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: "ztunnel-" + rev, Annotations: map[string]string{labelRev: rev}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: istioNS, Name: "ztunnel-" + rev, Annotations: map[string]string{mesh.RevisionKey: rev}},
 		Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{
-			ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "ztunnel"}, Annotations: map[string]string{labelRev: rev}},
-			Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeSelector: map[string]string{labelRev: rev}},
+			ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "ztunnel"}, Annotations: map[string]string{mesh.RevisionKey: rev}},
+			Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeSelector: map[string]string{mesh.RevisionKey: rev}},
 		}},
 		Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 2, NumberReady: 2},
 	}

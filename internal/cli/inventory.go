@@ -13,15 +13,10 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-)
 
-// Labels Istio uses to say which revision serves what.
-const (
-	labelRev           = "istio.io/rev"
-	labelTag           = "istio.io/tag"
-	labelInjection     = "istio-injection"
-	labelDataplaneMode = "istio.io/dataplane-mode"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // Inventory is which Istio revisions exist and what uses each.
@@ -94,32 +89,30 @@ enrolled by istio.io/dataplane-mode=ambient, istio.io/rev or istio-injection
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&nodeLabel, "node-label", labelRev, "node label key that pins revisions")
+	cmd.Flags().StringVar(&nodeLabel, "node-label", mesh.RevisionKey, "node label key that pins revisions")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "json: print the inventory as JSON")
 	return cmd
 }
 
-// revisionOf reads a revision as Istio's charts write it: the istio.io/rev
-// annotation (ztunnel) or label (istiod, webhooks).
-func revisionOf(labels, annotations map[string]string) string {
-	if r := annotations[labelRev]; r != "" {
+// revisionOf reads a revision as Istio's charts write it (mesh.Revision: the
+// istio.io/rev annotation, as on ztunnel, or label, as on istiod and webhooks),
+// "default" when there is none.
+func revisionOf(obj metav1.Object) string {
+	if r := mesh.Revision(obj); r != "" {
 		return r
 	}
-	if r := labels[labelRev]; r != "" {
-		return r
-	}
-	return "default"
+	return mesh.DefaultRevision
 }
 
 func readInventory(ctx context.Context, c client.Client, nodeLabel string) (*Inventory, error) {
 	inv := &Inventory{NodeLabel: nodeLabel, Nodes: map[string][]string{}}
 	var deps appsv1.DeploymentList
-	if err := c.List(ctx, &deps, client.MatchingLabels{"app": "istiod"}); err != nil {
+	if err := c.List(ctx, &deps, client.MatchingLabels{mesh.LabelApp: mesh.AppIstiod}); err != nil {
 		return nil, fmt.Errorf("list istiod deployments: %w", err)
 	}
 	for _, d := range deps.Items {
 		inv.Istiod = append(inv.Istiod, Workload{
-			Revision: revisionOf(d.Labels, d.Annotations), Namespace: d.Namespace, Name: d.Name,
+			Revision: revisionOf(&d), Namespace: d.Namespace, Name: d.Name,
 			Ready: d.Status.AvailableReplicas, Desired: replicasOf(d.Spec.Replicas),
 		})
 	}
@@ -128,12 +121,12 @@ func readInventory(ctx context.Context, c client.Client, nodeLabel string) (*Inv
 		return nil, fmt.Errorf("list daemonsets: %w", err)
 	}
 	for _, d := range dss.Items {
-		if d.Spec.Template.Labels["app"] != "ztunnel" {
+		if !mesh.IsZtunnelDaemonSet(&d) {
 			continue
 		}
-		rev := revisionOf(d.Labels, d.Annotations)
-		if rev == "default" {
-			rev = revisionOf(d.Spec.Template.Labels, d.Spec.Template.Annotations)
+		rev := mesh.DaemonSetRevision(&d)
+		if rev == "" {
+			rev = mesh.DefaultRevision
 		}
 		inv.Ztunnel = append(inv.Ztunnel, Workload{
 			Revision: rev, Namespace: d.Namespace, Name: d.Name,
@@ -146,11 +139,11 @@ func readInventory(ctx context.Context, c client.Client, nodeLabel string) (*Inv
 		return nil, fmt.Errorf("list mutatingwebhookconfigurations: %w", err)
 	}
 	for _, h := range hooks.Items {
-		_, hasRev := h.Labels[labelRev]
+		_, hasRev := h.Labels[mesh.RevisionKey]
 		if !hasRev && !strings.HasPrefix(h.Name, "istio-sidecar-injector") && !strings.HasPrefix(h.Name, "istio-revision-tag-") {
 			continue
 		}
-		inv.Webhooks = append(inv.Webhooks, Webhook{Revision: revisionOf(h.Labels, nil), Tag: h.Labels[labelTag], Name: h.Name})
+		inv.Webhooks = append(inv.Webhooks, Webhook{Revision: revisionOf(&h), Tag: h.Labels[mesh.LabelTag], Name: h.Name})
 	}
 	var nodes corev1.NodeList
 	if err := c.List(ctx, &nodes); err != nil {
@@ -181,21 +174,21 @@ func readInventory(ctx context.Context, c client.Client, nodeLabel string) (*Inv
 // wins over istio.io/rev.
 func namespaceUse(ns corev1.Namespace) (NamespaceUse, bool) {
 	l := ns.Labels
-	rev, hasRev := l[labelRev]
+	rev, hasRev := l[mesh.RevisionKey]
 	use := NamespaceUse{Namespace: ns.Name}
 	switch {
-	case l[labelDataplaneMode] == "ambient":
+	case mesh.NamespaceAmbient(l):
 		use.Mode, use.Revision = "ambient", "(node's ztunnel)"
 		if hasRev {
 			use.Revision = rev
 			use.Note = "istio.io/rev picks the waypoint's control plane; ztunnel is per node"
 		}
-	case l[labelInjection] == "enabled":
-		use.Mode, use.Revision = "sidecar", "default"
+	case l[mesh.LabelInjection] == mesh.InjectionEnabled:
+		use.Mode, use.Revision = "sidecar", mesh.DefaultRevision
 		if hasRev {
 			use.Note = "istio-injection=enabled takes precedence over istio.io/rev=" + rev
 		}
-	case hasRev && l[labelInjection] != "disabled":
+	case hasRev && l[mesh.LabelInjection] != mesh.InjectionDisabled:
 		use.Mode, use.Revision = "sidecar", rev
 	default:
 		return use, false

@@ -7,17 +7,19 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 func TestInventory(t *testing.T) {
 	w := seedWorld()
 	w.objs = append(w.objs,
-		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-1-18-0", Labels: map[string]string{labelRev: fromRev}}},
-		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "istio-revision-tag-prod", Labels: map[string]string{labelRev: toRev, labelTag: "prod"}}},
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-1-18-0", Labels: map[string]string{mesh.RevisionKey: fromRev}}},
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "istio-revision-tag-prod", Labels: map[string]string{mesh.RevisionKey: toRev, mesh.LabelTag: "prod"}}},
 		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "cert-manager-webhook"}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy", Labels: map[string]string{labelInjection: "enabled", labelRev: toRev}}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "payments", Labels: map[string]string{labelRev: toRev}}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted-out", Labels: map[string]string{labelInjection: "disabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy", Labels: map[string]string{mesh.LabelInjection: "enabled", mesh.RevisionKey: toRev}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "payments", Labels: map[string]string{mesh.RevisionKey: toRev}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted-out", Labels: map[string]string{mesh.LabelInjection: "disabled"}}},
 	)
 	env, _ := w.env(t)
 	out, err := run(t, env, "inventory")

@@ -21,6 +21,7 @@ import (
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/gatewayroutes"
 	"github.com/ztcanary/ztcanary/orchestrator"
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
 )
 
 type planOptions struct {
@@ -113,7 +114,7 @@ type checked struct {
 	// namespaces is the namespaces in scope (Sidecar mode), known once its
 	// preflight passes.
 	namespaces []string
-	steps      []orchestrator.StepPlan
+	steps      []plan.StepPlan
 	// preflight is the orchestrator's refusal, if any.
 	preflight error
 	// route is the route's rendered changes (nil without a route); routeErr why
@@ -148,14 +149,14 @@ func check(ctx context.Context, cl *Clients, u *ztv1.RevisionUpgrade) (*checked,
 		return nil, apiError("list", "", err)
 	}
 	for _, x := range list.Items {
-		if !terminal(x.Status.Phase) {
+		if !x.Status.Phase.Terminal() {
 			p.active = append(p.active, x.Name)
 		}
 	}
 	if p.stored.Spec.Mode == ztv1.ModeSidecar {
 		return p, p.planSidecar(ctx, cl)
 	}
-	sel, err := orchestrator.ScopeSelector(&p.stored.Spec)
+	sel, err := plan.ScopeSelector(&p.stored.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
@@ -165,11 +166,11 @@ func check(ctx context.Context, cl *Clients, u *ztv1.RevisionUpgrade) (*checked,
 	}
 	p.scope = nodes.Items
 	sort.Slice(p.scope, func(i, j int) bool { return p.scope[i].Name < p.scope[j].Name })
-	if p.steps, err = orchestrator.Plan(&p.stored.Spec, p.scope); err != nil {
+	if p.steps, err = plan.Nodes(&p.stored.Spec, p.scope); err != nil {
 		return nil, fmt.Errorf("%w: the orchestrator would refuse revisionupgrade %q: %v", ErrRefused, u.Name, err)
 	}
 	p.preflight = orchestrator.Preflight(ctx, cl.Client, cl.routers(), p.stored)
-	if _, refusal := orchestrator.RefusalReason(p.preflight); p.preflight != nil && !refusal {
+	if _, refusal := plan.RefusalReason(p.preflight); p.preflight != nil && !refusal {
 		return nil, fmt.Errorf("preflight of revisionupgrade %q: %w", u.Name, p.preflight)
 	}
 	if p.stored.Spec.Route != nil {
@@ -184,13 +185,13 @@ func check(ctx context.Context, cl *Clients, u *ztv1.RevisionUpgrade) (*checked,
 func (p *checked) planSidecar(ctx context.Context, cl *Clients) error {
 	var err error
 	p.namespaces, p.steps, err = orchestrator.PlanSidecar(ctx, cl.Client, p.stored)
-	reason, refusal := orchestrator.RefusalReason(err)
+	reason, refusal := plan.RefusalReason(err)
 	switch {
 	case err == nil:
 		return nil
 	case !refusal:
 		return fmt.Errorf("plan revisionupgrade %q: %w", p.stored.Name, err)
-	case reason == "InvalidSpec":
+	case reason == ztv1.ReasonInvalidSpec:
 		return fmt.Errorf("%w: the orchestrator would refuse revisionupgrade %q: %v", ErrRefused, p.stored.Name, err)
 	}
 	p.preflight = err
@@ -232,7 +233,7 @@ func invalidError(name string, err error) error {
 // refusal is the error plan ends with when the orchestrator would refuse to start.
 func (p *checked) refusal() error {
 	if p.preflight != nil {
-		reason, _ := orchestrator.RefusalReason(p.preflight)
+		reason, _ := plan.RefusalReason(p.preflight)
 		return fmt.Errorf("%w: the orchestrator would not start revisionupgrade %q now (%s): %v", ErrRefused, p.stored.Name, reason, p.preflight)
 	}
 	if p.routeErr != nil {
@@ -243,7 +244,7 @@ func (p *checked) refusal() error {
 
 // previewRoute renders the route after each traffic step with the orchestrator's
 // router, writing nothing.
-func previewRoute(ctx context.Context, cl *Clients, u *ztv1.RevisionUpgrade, steps []orchestrator.StepPlan) (*gatewayroutes.Preview, error) {
+func previewRoute(ctx context.Context, cl *Clients, u *ztv1.RevisionUpgrade, steps []plan.StepPlan) (*gatewayroutes.Preview, error) {
 	router, err := cl.routers()(u)
 	if err != nil {
 		return nil, err
@@ -291,7 +292,7 @@ func (p *checked) render(w io.Writer) {
 		}
 		fmt.Fprintf(w, "Scope:     %d namespaces (%s): %s\n", len(p.namespaces), how, strings.Join(p.namespaces, ", "))
 	default:
-		sel, _ := orchestrator.ScopeSelector(s)
+		sel, _ := plan.ScopeSelector(s)
 		names := make([]string, len(p.scope))
 		for i, n := range p.scope {
 			names[i] = n.Name
@@ -309,7 +310,7 @@ func (p *checked) render(w io.Writer) {
 	fmt.Fprintf(w, "Gates:     %s\n", gates(s))
 	switch {
 	case p.preflight != nil:
-		reason, _ := orchestrator.RefusalReason(p.preflight)
+		reason, _ := plan.RefusalReason(p.preflight)
 		fmt.Fprintf(w, "Preflight: REFUSED (%s): %v\n", reason, p.preflight)
 	case sidecar:
 		fmt.Fprintf(w, "Preflight: passed (istiod-%s is ready and its injector selects each namespace once relabelled)\n", s.To)
@@ -374,7 +375,7 @@ func (p *checked) unavailable() []string {
 
 // renderRoute shows the route change of a traffic step: the split and the fields
 // it changes from the step before (after-th rendered state).
-func (p *checked) renderRoute(w io.Writer, sp orchestrator.StepPlan, after int) {
+func (p *checked) renderRoute(w io.Writer, sp plan.StepPlan, after int) {
 	when := "after the nodes are verified"
 	if sp.TrafficFirst {
 		when = "before the nodes move (they are the last stable ones)"

@@ -13,18 +13,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // injector is a revision's sidecar injector as Istio's chart renders it (the
 // revisioned namespace webhook, selecting istio.io/rev=rev without istio-injection).
 func injector(rev string) *admissionregistrationv1.MutatingWebhookConfiguration {
 	return &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-" + rev, Labels: map[string]string{labelRev: rev}},
+		ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-" + rev, Labels: map[string]string{mesh.RevisionKey: rev}},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
 			Name: "rev.namespace.sidecar-injector.istio.io",
 			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-				{Key: labelRev, Operator: metav1.LabelSelectorOpIn, Values: []string{rev}},
-				{Key: labelInjection, Operator: metav1.LabelSelectorOpDoesNotExist},
+				{Key: mesh.RevisionKey, Operator: metav1.LabelSelectorOpIn, Values: []string{rev}},
+				{Key: mesh.LabelInjection, Operator: metav1.LabelSelectorOpDoesNotExist},
 			}},
 		}},
 	}
@@ -36,7 +37,7 @@ func sidecarWorld() *fakeCluster {
 	w := seedWorld()
 	w.objs = append(w.objs, injector(fromRev), injector(toRev))
 	for _, ns := range []string{"shop", "cart", "pay"} {
-		w.objs = append(w.objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{labelRev: fromRev}}})
+		w.objs = append(w.objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{mesh.RevisionKey: fromRev}}})
 	}
 	return w
 }

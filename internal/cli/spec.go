@@ -366,50 +366,9 @@ func parseStep(s string) (ztv1.Step, error) {
 }
 
 // withDefaults returns a copy of u with the CRD's defaults filled in, as the API
-// server stores it, for planning against a fake or an older server.
+// server would store it.
 func withDefaults(u *ztv1.RevisionUpgrade) *ztv1.RevisionUpgrade {
 	u = u.DeepCopy()
-	s := &u.Spec
-	if s.Mode == "" {
-		s.Mode = ztv1.ModeAmbient
-	}
-	if s.Sidecar.IstiodNamespace == "" {
-		s.Sidecar.IstiodNamespace = "istio-system"
-	}
-	if s.Sidecar.MaxConcurrentRestarts == 0 {
-		s.Sidecar.MaxConcurrentRestarts = 2
-	}
-	if s.NodeLabel == "" {
-		s.NodeLabel = "istio.io/rev"
-	}
-	if s.NodeStrategy == "" {
-		s.NodeStrategy = ztv1.NodeStrategyDrain
-	}
-	if s.Ztunnel.Namespace == "" {
-		s.Ztunnel.Namespace = "istio-system"
-	}
-	if s.Ztunnel.HandoffLabel == "" {
-		s.Ztunnel.HandoffLabel = "ztcanary.io/handoff"
-	}
-	if s.Analysis.AgentVerification == "" {
-		s.Analysis.AgentVerification = ztv1.AgentVerificationOptional
-	}
-	if tt := s.Analysis.TrafficTest; tt != nil {
-		if tt.Requests == 0 {
-			tt.Requests = 200
-		}
-		if tt.Concurrency == 0 {
-			tt.Concurrency = 8
-		}
-		if tt.MinSuccessRate == 0 {
-			tt.MinSuccessRate = 99
-		}
-	}
-	if s.Rollback.Automatic == nil {
-		s.Rollback.Automatic = ptr.To(true)
-	}
-	if s.StepTimeout == nil {
-		s.StepTimeout = &metav1.Duration{Duration: 10 * time.Minute}
-	}
+	ztv1.SetDefaults(u)
 	return u
 }

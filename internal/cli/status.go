@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // ErrTimeout: --watch gave up before the upgrade ended (the upgrade goes on).
@@ -61,7 +62,7 @@ func (o *watchOptions) status(ctx context.Context, env *Env, name string, out io
 		if u == nil {
 			fmt.Fprintln(out, "No RevisionUpgrade yet: plan one with ztcanary plan, start it with ztcanary start.")
 			fmt.Fprintln(out)
-			inv, err := readInventory(ctx, cl.Client, "istio.io/rev")
+			inv, err := readInventory(ctx, cl.Client, mesh.RevisionKey)
 			if err != nil {
 				return err
 			}
@@ -92,7 +93,7 @@ func latestUpgrade(ctx context.Context, c client.Client) (*ztv1.RevisionUpgrade,
 	}
 	items := list.Items
 	sort.SliceStable(items, func(i, j int) bool {
-		ai, aj := !terminal(items[i].Status.Phase), !terminal(items[j].Status.Phase)
+		ai, aj := !items[i].Status.Phase.Terminal(), !items[j].Status.Phase.Terminal()
 		if ai != aj {
 			return ai
 		}
@@ -138,7 +139,7 @@ func (o *watchOptions) run(ctx context.Context, env *Env, cl *Clients, name stri
 			_, _ = out.Write(frame.Bytes())
 		}
 		lastVersion = u.ResourceVersion
-		if terminal(u.Status.Phase) {
+		if u.Status.Phase.Terminal() {
 			return outcome(u)
 		}
 		select {
@@ -207,10 +208,10 @@ func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
 	fmt.Fprintf(w, "RevisionUpgrade %s: %s → %s (%s), %d %s in scope\n", u.Name, s.From, s.To, mode, total, kind)
 	phase := phaseOf(u)
 	line := fmt.Sprintf("%s · step %d of steps 0-%d", phase, st.CurrentStep, len(s.Steps)-1)
-	if st.StepStage != "" && st.StepStage != "Done" {
-		line += " · " + st.StepStage
-		if st.StepStartedAt != nil {
-			line += " for " + duration.HumanDuration(now.Sub(st.StepStartedAt.Time))
+	if st.StepStage != "" && st.StepStage != ztv1.StageDone {
+		line += " · " + string(st.StepStage)
+		if since := st.StageStart(); since != nil {
+			line += " for " + duration.HumanDuration(now.Sub(since.Time))
 		}
 	}
 	fmt.Fprintf(w, "Phase:     %s\n", line)
@@ -263,7 +264,7 @@ func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
 			unassigned++
 		}
 	}
-	if unassigned > 0 && !terminal(phase) && phase != ztv1.PhaseRollingBack {
+	if unassigned > 0 && !phase.Terminal() && phase != ztv1.PhaseRollingBack {
 		fmt.Fprintf(w, "   (%d %s not assigned yet: each step picks its %s when it starts)\n", unassigned, kind, kind)
 	}
 	if len(st.Nodes) > 0 && !sidecar {
@@ -369,7 +370,7 @@ func stepMark(u *ztv1.RevisionUpgrade, i int) (string, string) {
 	case i < cur:
 		return markDone, ""
 	case i == cur:
-		return markCurrent, "  ◀ " + st.StepStage
+		return markCurrent, "  ◀ " + string(st.StepStage)
 	}
 	return markPending, ""
 }
@@ -397,7 +398,7 @@ func nextAction(u *ztv1.RevisionUpgrade) string {
 	c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused)
 	ready := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionReady)
 	switch {
-	case terminal(u.Status.Phase):
+	case u.Status.Phase.Terminal():
 		return ""
 	case u.Annotations[ztv1.AnnotationAbort] == "true" && u.Status.Phase != ztv1.PhaseRollingBack:
 		return "abort requested; the orchestrator rolls back on its next pass"
@@ -405,9 +406,9 @@ func nextAction(u *ztv1.RevisionUpgrade) string {
 		return "rolling back; nothing to do"
 	case u.Annotations[ztv1.AnnotationPause] == "true":
 		return "paused by request: ztcanary resume " + u.Name
-	case c != nil && c.Status == "True" && c.Reason == "AwaitingPromote":
+	case c != nil && c.Status == "True" && c.Reason == ztv1.ReasonAwaitingPromote:
 		return "ztcanary promote " + u.Name
-	case c != nil && c.Status == "True" && c.Reason == "RouteDrift":
+	case c != nil && c.Status == "True" && c.Reason == ztv1.ReasonRouteDrift:
 		return "put the route back as ztcanary set it, or ztcanary abort " + u.Name
 	case ready != nil && ready.Status == "False":
 		return "fix what the Ready condition names (the orchestrator retries every 30s), or kubectl delete revisionupgrade " + u.Name

@@ -37,7 +37,7 @@ func routeUpgrade(phase ztv1.Phase, step int32, stage string) *ztv1.RevisionUpgr
 	u.Spec.Steps[2].Traffic = &ztv1.StepTraffic{Weight: ptr.To[int32](100)}
 	u.Spec.Analysis.TrafficTest = &ztv1.TrafficTest{URL: "http://gateway/reviews", Requests: 200, Concurrency: 8, MinSuccessRate: 99,
 		CanaryHeader: &ztv1.HeaderMatch{Name: "x-version", Value: "v2"}}
-	u.Status.StepStage = stage
+	u.Status.StepStage = ztv1.Stage(stage)
 	u.Status.StepStartedAt = ptr.To(metav1.NewTime(testNow.Add(-42 * time.Second)))
 	u.Status.TotalNodes = 4
 	return u

@@ -95,7 +95,7 @@ func decidePromote(u *ztv1.RevisionUpgrade) (decision, error) {
 		return decision{message: fmt.Sprintf("step %d is already promoted (%s=%s)", i, ztv1.AnnotationPromote, value)}, nil
 	}
 	msg := fmt.Sprintf("promoted step %d (%s=%s)", i, ztv1.AnnotationPromote, value)
-	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.StepStage != "Pausing" || c == nil || c.Reason != "AwaitingPromote" {
+	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.StepStage != ztv1.StagePausing || c == nil || c.Reason != "AwaitingPromote" {
 		msg += fmt.Sprintf("; the step is still %s and will go on without waiting once it is done", u.Status.StepStage)
 	} else if i+1 < len(u.Spec.Steps) {
 		msg += fmt.Sprintf("; it goes on to step %d", i+1)
@@ -157,15 +157,15 @@ func decideResume(u *ztv1.RevisionUpgrade) (decision, error) {
 	if _, ok := u.Annotations[ztv1.AnnotationPause]; !ok {
 		c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused)
 		switch {
-		case c != nil && c.Status == "True" && c.Reason == "AwaitingPromote":
+		case c != nil && c.Status == "True" && c.Reason == ztv1.ReasonAwaitingPromote:
 			return decision{}, fmt.Errorf("%w: revisionupgrade %q is not paused by request: it waits for a promote after step %d: ztcanary promote %s", ErrRefused, u.Name, u.Status.CurrentStep, u.Name)
-		case c != nil && c.Status == "True" && c.Reason == "RouteDrift":
+		case c != nil && c.Status == "True" && c.Reason == ztv1.ReasonRouteDrift:
 			return decision{}, fmt.Errorf("%w: revisionupgrade %q is held because its route changed under it (%s): put the route back as ztcanary set it, or ztcanary abort %s", ErrRefused, u.Name, c.Message, u.Name)
 		}
 		return decision{}, fmt.Errorf("%w: revisionupgrade %q is not paused (no annotation %s)", ErrRefused, u.Name, ztv1.AnnotationPause)
 	}
 	msg := fmt.Sprintf("resumed (%s removed)", ztv1.AnnotationPause)
-	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); c != nil && c.Status == "True" && c.Reason == "AwaitingPromote" {
+	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); c != nil && c.Status == "True" && c.Reason == ztv1.ReasonAwaitingPromote {
 		msg += fmt.Sprintf("; it still waits for a promote of step %d: ztcanary promote %s", u.Status.CurrentStep, u.Name)
 	}
 	return decision{annotations: map[string]*string{ztv1.AnnotationPause: nil}, message: msg}, nil

@@ -36,6 +36,7 @@ func workers() []string {
 
 func newClient(t *testing.T) client.Client {
 	t.Helper()
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	c, err := client.New(cluster.Config, client.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +57,7 @@ func envValue(c corev1.Container, name string) (string, bool) {
 // without a cluster: the names, selectors and trust that ztcanary relies on come from
 // the charts themselves.
 func TestChartsRenderTheRevisionedObjects(t *testing.T) {
+	simtest.SkipShort(t, "renders with istio-render, a built binary")
 	ctx := context.Background()
 	const rev = "1-18-1"
 	zt, err := seed.Render(ctx, seed.ZtunnelRelease(rev))
@@ -121,6 +123,7 @@ func TestChartsRenderTheRevisionedObjects(t *testing.T) {
 }
 
 func TestRenderRefusesBadValuesClearly(t *testing.T) {
+	simtest.SkipShort(t, "renders with istio-render, a built binary")
 	for _, tc := range []struct {
 		name string
 		r    seed.Release

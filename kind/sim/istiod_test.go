@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/ztcanary/ztcanary/kind/sim"
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
 
 // TestIstiodInjectsPodsOfItsRevision runs the real istiod out of cluster for one
@@ -24,6 +25,7 @@ import (
 // admission in a namespace labelled with that revision, gets the revision's sidecar in
 // its spec, and that a pod of an unlabelled namespace does not.
 func TestIstiodInjectsPodsOfItsRevision(t *testing.T) {
+	simtest.SkipShort(t, "builds istiod and runs it against the shared simulated cluster")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	bin, err := sim.EnsureIstiod(ctx, os.Stderr)

@@ -153,6 +153,7 @@ func keys(m map[string]bool) []string {
 }
 
 func TestSeedTopology(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	nodes, err := cluster.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -177,6 +178,7 @@ func TestSeedTopology(t *testing.T) {
 }
 
 func TestDaemonSetWithNodeSelectorLandsOnlyOnLabelledNodes(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	c := cluster.Client
 	ns := testNamespace(t, c)
 	rev := "1-18-0-alpha-0"
@@ -189,6 +191,7 @@ func TestDaemonSetWithNodeSelectorLandsOnlyOnLabelledNodes(t *testing.T) {
 }
 
 func TestRelabellingANodeMovesTheDaemonSetPod(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	c := cluster.Client
 	ns := testNamespace(t, c)
 	rev := "1-18-1"
@@ -203,6 +206,7 @@ func TestRelabellingANodeMovesTheDaemonSetPod(t *testing.T) {
 }
 
 func TestHTTPRouteWithNegativeWeightIsRefusedByTheRealSchema(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	gw, err := gatewayclient.NewForConfig(cluster.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -240,6 +244,7 @@ func TestHTTPRouteWithNegativeWeightIsRefusedByTheRealSchema(t *testing.T) {
 }
 
 func TestIstioCRDsAreInstalledAndJudgeWrites(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	dyn, err := dynamic.NewForConfig(cluster.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -295,6 +300,7 @@ func TestFiftyNodesComeUpReady(t *testing.T) {
 }
 
 func TestStopEndsEveryProcessAndRemovesItsData(t *testing.T) {
+	simtest.SkipShort(t, "starts a simulated cluster")
 	c, err := sim.Start(context.Background(), sim.Options{Nodes: 1, SkipCRDs: true})
 	if err != nil {
 		t.Fatal(err)
@@ -323,6 +329,7 @@ func TestStopEndsEveryProcessAndRemovesItsData(t *testing.T) {
 }
 
 func TestClusterOfAKilledTestIsSweptAway(t *testing.T) {
+	simtest.SkipShort(t, "starts a simulated cluster")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	out, err := cmd.StdoutPipe()

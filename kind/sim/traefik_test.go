@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ztcanary/ztcanary/kind/sim"
+	"github.com/ztcanary/ztcanary/kind/sim/simtest"
 )
 
 func TestOptionalVersionsMatchTheToolModules(t *testing.T) {
@@ -36,6 +37,7 @@ func TestOptionalVersionsMatchTheToolModules(t *testing.T) {
 // TestTraefikStartsAndStopsByPID starts Traefik against the shared cluster, checks it
 // serves its entryPoint on loopback, and that Stop ends the process.
 func TestTraefikStartsAndStopsByPID(t *testing.T) {
+	simtest.SkipShort(t, "builds Traefik and runs it against the shared simulated cluster")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	bin, err := sim.EnsureTraefik(ctx, os.Stderr)

@@ -39,6 +39,7 @@ func clientVia(t *testing.T, p *Proxy) kubernetes.Interface {
 
 func start(t *testing.T, cfg Config) *Proxy {
 	t.Helper()
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	p, err := Start(cluster.Config, cfg, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +151,7 @@ func TestWatchesAreCutAndClientsSeeTheEnd(t *testing.T) {
 }
 
 func TestTheSameSeedInjectsTheSameFaults(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	draw := func() []Fault {
 		p, err := Start(cluster.Config, Config{ErrorRate: 0.5}, 42)
 		if err != nil {
@@ -178,6 +180,7 @@ func TestTheSameSeedInjectsTheSameFaults(t *testing.T) {
 }
 
 func TestBadConfigIsRefused(t *testing.T) {
+	simtest.SkipShort(t, "needs the shared simulated cluster")
 	for name, cfg := range map[string]Config{
 		"error rate above 1":    {ErrorRate: 1.5},
 		"negative delay rate":   {DelayRate: -0.1},

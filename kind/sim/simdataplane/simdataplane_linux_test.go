@@ -53,9 +53,10 @@ func childMain(kubeconfig string) int {
 }
 
 // requireHost skips without root, cgroup v2 or BTF, except under CI=true where it
-// fails: there the data plane and the agents must run.
+// fails: there the data plane and the agents must run. Under -short it skips.
 func requireHost(t *testing.T) {
 	t.Helper()
+	simtest.SkipShort(t, "needs root, cgroup v2 and BTF")
 	if err := simdataplane.Check(true); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true: %v", err)

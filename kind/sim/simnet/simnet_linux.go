@@ -21,9 +21,13 @@ import (
 // address 10.X.index.2 (X derived from the PID, so concurrent test processes do not
 // collide) behind a veth pair whose host side is 10.X.index.1, and serves handler on
 // port inside it. Everything is removed by t.Cleanup. Without root the test is
-// skipped, unless CI=true, where it fails.
+// skipped, unless CI=true, where it fails; under -short (make test-unit) it is
+// skipped even as root.
 func Start(t testing.TB, index, port int, handler http.Handler) *Server {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: simnet needs root to create network namespaces")
+	}
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("simnet needs root to create network namespaces")

@@ -1,4 +1,4 @@
-package orchestrator
+package ambient
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 )
 
 // FieldManager is the name ztcanary writes under, so other owners' fields are never
@@ -26,18 +28,6 @@ const FieldManager = "ztcanary"
 // strategy back in the end.
 const heldStrategyKey = "ztcanary.io/held-update-strategy"
 
-// revisionKey is where Istio records a revision: an annotation on the ztunnel
-// DaemonSet and its pods (Istio's chart), or a label of the same name.
-const revisionKey = "istio.io/rev"
-
-// revisionOf returns the revision an object belongs to.
-func revisionOf(obj client.Object) string {
-	if v := obj.GetAnnotations()[revisionKey]; v != "" {
-		return v
-	}
-	return obj.GetLabels()[revisionKey]
-}
-
 // ztunnelDaemonSets returns the ztunnel DaemonSets of the namespace by revision.
 // Istio's chart gives every revision the selector app=ztunnel, so DaemonSets are told
 // apart by their revision, and their pods only by ownerReference.
@@ -49,10 +39,10 @@ func ztunnelDaemonSets(ctx context.Context, c client.Reader, ns string) (map[str
 	out := map[string]*appsv1.DaemonSet{}
 	for i := range list.Items {
 		ds := &list.Items[i]
-		if ds.Spec.Template.Labels["app"] != "ztunnel" {
+		if !mesh.IsZtunnelDaemonSet(ds) {
 			continue
 		}
-		if rev := revisionOf(ds); rev != "" {
+		if rev := mesh.Revision(ds); rev != "" {
 			out[rev] = ds
 		}
 	}
@@ -72,8 +62,8 @@ type pinTarget struct {
 
 // pinTargets lists what the upgrade pins: both ztunnel DaemonSets and every
 // Deployment and StatefulSet of the workload namespaces.
-func (r *Reconciler) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([]pinTarget, error) {
-	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+func (d *Driver) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([]pinTarget, error) {
+	dss, err := ztunnelDaemonSets(ctx, d.Client, u.Spec.Ztunnel.Namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +78,7 @@ func (r *Reconciler) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([
 	}
 	for _, w := range u.Spec.Workloads {
 		var deps appsv1.DeploymentList
-		if err := r.Client.List(ctx, &deps, client.InNamespace(w.Namespace)); err != nil {
+		if err := d.Client.List(ctx, &deps, client.InNamespace(w.Namespace)); err != nil {
 			return nil, fmt.Errorf("list Deployments in %s: %w", w.Namespace, err)
 		}
 		for i := range deps.Items {
@@ -96,7 +86,7 @@ func (r *Reconciler) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([
 			out = append(out, pinTarget{kind: "Deployment", obj: d, template: &d.Spec.Template, revision: w.Revision})
 		}
 		var sts appsv1.StatefulSetList
-		if err := r.Client.List(ctx, &sts, client.InNamespace(w.Namespace)); err != nil {
+		if err := d.Client.List(ctx, &sts, client.InNamespace(w.Namespace)); err != nil {
 			return nil, fmt.Errorf("list StatefulSets in %s: %w", w.Namespace, err)
 		}
 		for i := range sts.Items {
@@ -109,7 +99,7 @@ func (r *Reconciler) pinTargets(ctx context.Context, u *ztv1.RevisionUpgrade) ([
 
 // recordPins returns what each target's pinning fields hold before the upgrade.
 func recordPins(u *ztv1.RevisionUpgrade, targets []pinTarget) []ztv1.PinRecord {
-	key := nodeLabel(&u.Spec)
+	key := u.Spec.NodeLabelOrDefault()
 	out := make([]ztv1.PinRecord, 0, len(targets))
 	for _, t := range targets {
 		rec := ztv1.PinRecord{Kind: t.kind, Namespace: t.obj.GetNamespace(), Name: t.obj.GetName()}
@@ -159,7 +149,7 @@ func holdPatch(spec map[string]any, held any) ([]byte, error) {
 // pinPatch is the merge patch pinning a target to its revision's nodes. A merge patch
 // on the pod template touches only the keys it names.
 func pinPatch(u *ztv1.RevisionUpgrade, t pinTarget) ([]byte, error) {
-	key := nodeLabel(&u.Spec)
+	key := u.Spec.NodeLabelOrDefault()
 	spec := map[string]any{}
 	if !t.affinity {
 		spec["nodeSelector"] = map[string]any{key: t.revision}
@@ -248,7 +238,7 @@ func handoffAffinity(orig *corev1.NodeSelector, key, handoffKey, rev string) *co
 // patch merges objects, so the parts ztcanary created are set to null explicitly
 // rather than left empty.
 func restorePatch(u *ztv1.RevisionUpgrade, rec ztv1.PinRecord) ([]byte, error) {
-	key := nodeLabel(&u.Spec)
+	key := u.Spec.NodeLabelOrDefault()
 	spec := map[string]any{"nodeSelector": map[string]any{key: rec.Value}}
 	if rec.Affinity != "" {
 		var orig *corev1.Affinity
@@ -301,7 +291,7 @@ func recordedStrategy(rec ztv1.PinRecord) (appsv1.DaemonSetUpdateStrategy, map[s
 // back once the upgrade has succeeded (the pinning stays). Its pods then are those
 // it would have rolled out itself: the to revision's, created under the pinning,
 // are current; the from revision runs on no node the upgrade covered.
-func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+func (d *Driver) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgrade) error {
 	for _, rec := range u.Status.OriginalPins {
 		if rec.Kind != "DaemonSet" || rec.UpdateStrategy == "" {
 			continue
@@ -311,7 +301,7 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 			return err
 		}
 		var ds appsv1.DaemonSet
-		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: rec.Namespace, Name: rec.Name}, &ds); err != nil {
+		if err := d.Client.Get(ctx, client.ObjectKey{Namespace: rec.Namespace, Name: rec.Name}, &ds); err != nil {
 			if client.IgnoreNotFound(err) == nil {
 				continue
 			}
@@ -325,8 +315,8 @@ func (r *Reconciler) releaseStrategies(ctx context.Context, u *ztv1.RevisionUpgr
 		if err != nil {
 			return err
 		}
-		countWrite("pin")
-		if err := r.Client.Patch(ctx, &ds, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); client.IgnoreNotFound(err) != nil {
+		drive.CountWrite("pin")
+		if err := d.Client.Patch(ctx, &ds, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("restore the update strategy of DaemonSet %s/%s: %w", rec.Namespace, rec.Name, err)
 		}
 	}
@@ -349,8 +339,8 @@ func objectFor(kind, ns, name string) client.Object {
 // would write is not written again: the Pinning stage runs a pass on every change
 // while the ztunnel DaemonSets roll out, and on a large cluster it pins tens of
 // workloads per pass.
-func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
-	targets, err := r.pinTargets(ctx, u)
+func (d *Driver) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	targets, err := d.pinTargets(ctx, u)
 	if err != nil {
 		return err
 	}
@@ -364,8 +354,8 @@ func (r *Reconciler) applyPins(ctx context.Context, u *ztv1.RevisionUpgrade) err
 		} else if pinned {
 			continue
 		}
-		countWrite("pin")
-		if err := r.Client.Patch(ctx, objectFor(t.kind, t.obj.GetNamespace(), t.obj.GetName()),
+		drive.CountWrite("pin")
+		if err := d.Client.Patch(ctx, objectFor(t.kind, t.obj.GetNamespace(), t.obj.GetName()),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
 			return fmt.Errorf("pin %s %s/%s to %s: %w", t.kind, t.obj.GetNamespace(), t.obj.GetName(), t.revision, err)
 		}
@@ -428,14 +418,14 @@ func mergePatch(doc any, patch any) any {
 }
 
 // restorePins writes back every recorded pinning.
-func (r *Reconciler) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+func (d *Driver) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) error {
 	for _, rec := range u.Status.OriginalPins {
 		patch, err := restorePatch(u, rec)
 		if err != nil {
 			return err
 		}
-		countWrite("pin")
-		err = r.Client.Patch(ctx, objectFor(rec.Kind, rec.Namespace, rec.Name),
+		drive.CountWrite("pin")
+		err = d.Client.Patch(ctx, objectFor(rec.Kind, rec.Namespace, rec.Name),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
 		if client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("restore pinning of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
@@ -447,8 +437,8 @@ func (r *Reconciler) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) e
 // ztunnelsSettled reports whether the ztunnel DaemonSets of both revisions have
 // rolled out their current template on every node they run on (as `kubectl rollout
 // status` judges it), and otherwise what they wait for.
-func (r *Reconciler) ztunnelsSettled(ctx context.Context, u *ztv1.RevisionUpgrade) (bool, string, error) {
-	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+func (d *Driver) ztunnelsSettled(ctx context.Context, u *ztv1.RevisionUpgrade) (bool, string, error) {
+	dss, err := ztunnelDaemonSets(ctx, d.Client, u.Spec.Ztunnel.Namespace)
 	if err != nil {
 		return false, "", err
 	}

@@ -1,4 +1,4 @@
-package orchestrator
+package drive
 
 import (
 	"context"
@@ -42,13 +42,14 @@ func TestPassesReadTheInformerStores(t *testing.T) {
 	pods := toolscache.NewSharedIndexInformer(nil, &corev1.Pod{}, 0, toolscache.Indexers{})
 	nodes := toolscache.NewSharedIndexInformer(nil, &corev1.Node{}, 0, toolscache.Indexers{})
 	c := &testCache{pods: pods, nodes: nodes}
-	r := &Reconciler{}
-	if err := r.useInformerStores(context.Background(), c); err != nil {
+	stores, err := NewStores(context.Background(), c)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if r.stores == nil || len(c.indexed) != 0 {
-		t.Fatalf("stores %v, field indexes %v: want the informers' stores and no field index", r.stores, c.indexed)
+	if stores == nil || len(c.indexed) != 0 {
+		t.Fatalf("stores %v, field indexes %v: want the informers' stores and no field index", stores, c.indexed)
 	}
+	r := &Env{Stores: stores}
 	n1 := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
 	ztunnel := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "ztunnel-a", Labels: map[string]string{"app": "ztunnel"}}, Spec: corev1.PodSpec{NodeName: "n1"}}
 	app := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web"}, Spec: corev1.PodSpec{NodeName: "n1"}}
@@ -64,7 +65,7 @@ func TestPassesReadTheInformerStores(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	got, err := r.listNodes(ctx)
+	got, err := r.ListNodes(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,14 +80,14 @@ func TestPassesReadTheInformerStores(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	on, err := r.podsOn(ctx, podNodeIndex, "n1")
+	on, err := r.PodsOn(ctx, PodNodeIndex, "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(names(on), []string{"web", "ztunnel-a"}) {
 		t.Errorf("pods on n1: %v, want web and ztunnel-a", names(on))
 	}
-	zt, err := r.podsOn(ctx, ztunnelNodeIndex, "n1")
+	zt, err := r.PodsOn(ctx, ZtunnelNodeIndex, "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,12 +96,12 @@ func TestPassesReadTheInformerStores(t *testing.T) {
 	}
 
 	fallback := &testCache{pods: storeless{pods}, nodes: storeless{nodes}}
-	r = &Reconciler{}
-	if err := r.useInformerStores(ctx, fallback); err != nil {
+	stores, err = NewStores(ctx, fallback)
+	if err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(fallback.indexed)
-	if r.stores != nil || !slices.Equal(fallback.indexed, []string{podNodeIndex, ztunnelNodeIndex}) {
-		t.Errorf("without stores: stores %v, field indexes %v; want none and both field indexes", r.stores, fallback.indexed)
+	if stores != nil || !slices.Equal(fallback.indexed, []string{PodNodeIndex, ZtunnelNodeIndex}) {
+		t.Errorf("without stores: stores %v, field indexes %v; want none and both field indexes", stores, fallback.indexed)
 	}
 }

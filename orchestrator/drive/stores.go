@@ -1,9 +1,10 @@
-package orchestrator
+package drive
 
 import (
 	"context"
 	"fmt"
 
+	"github.com/ztcanary/ztcanary/internal/mesh"
 	corev1 "k8s.io/api/core/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -17,8 +18,8 @@ import (
 // work with them. The stores hand out the cached pointers; the objects are shared
 // with the cache and a pass only reads them.
 
-// informerStores are the manager cache's node store and pod indexer.
-type informerStores struct {
+// Stores are the manager cache's node store and pod indexer.
+type Stores struct {
 	nodes toolscache.Store
 	pods  toolscache.Indexer
 }
@@ -27,8 +28,8 @@ type informerStores struct {
 // pods) and the ztunnel pods alone (a Handoff pass needs only those, one or two per
 // node, not the node's ten or a hundred workload pods).
 var podIndexers = toolscache.Indexers{
-	podNodeIndex:     podIndex(indexPodNode),
-	ztunnelNodeIndex: podIndex(indexZtunnelNode),
+	PodNodeIndex:     podIndex(IndexPodNode),
+	ZtunnelNodeIndex: podIndex(IndexZtunnelNode),
 }
 
 func podIndex(f func(client.Object) []string) toolscache.IndexFunc {
@@ -41,41 +42,40 @@ func podIndex(f func(client.Object) []string) toolscache.IndexFunc {
 	}
 }
 
-// useInformerStores registers the pod indexes on c's pod informer and keeps the node
-// and pod stores for the passes to read. A cache whose informers expose no store (a
+// NewStores registers the pod indexes on c's pod informer and returns the node and
+// pod stores for the passes to read. A cache whose informers expose no store (a
 // cache split by namespace, for one) gets controller-runtime's field indexes instead,
-// and the passes read through the client. It must run before the cache starts.
-func (r *Reconciler) useInformerStores(ctx context.Context, c cache.Cache) error {
+// and NewStores returns nil: the passes read through the client. It must run before
+// the cache starts.
+func NewStores(ctx context.Context, c cache.Cache) (*Stores, error) {
 	podInf, err := c.GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
 	if err != nil {
-		return fmt.Errorf("pod informer: %w", err)
+		return nil, fmt.Errorf("pod informer: %w", err)
 	}
 	nodeInf, err := c.GetInformer(ctx, &corev1.Node{}, cache.BlockUntilSynced(false))
 	if err != nil {
-		return fmt.Errorf("node informer: %w", err)
+		return nil, fmt.Errorf("node informer: %w", err)
 	}
 	pods, podsOK := podInf.(interface{ GetIndexer() toolscache.Indexer })
 	nodes, nodesOK := nodeInf.(interface{ GetStore() toolscache.Store })
 	if !podsOK || !nodesOK {
-		r.stores = nil
-		for name, f := range map[string]client.IndexerFunc{podNodeIndex: indexPodNode, ztunnelNodeIndex: indexZtunnelNode} {
+		for name, f := range map[string]client.IndexerFunc{PodNodeIndex: IndexPodNode, ZtunnelNodeIndex: IndexZtunnelNode} {
 			if err := c.IndexField(ctx, &corev1.Pod{}, name, f); err != nil {
-				return fmt.Errorf("index pods by %s: %w", name, err)
+				return nil, fmt.Errorf("index pods by %s: %w", name, err)
 			}
 		}
-		return nil
+		return nil, nil
 	}
 	if err := podInf.AddIndexers(podIndexers); err != nil {
-		return fmt.Errorf("index pods by node: %w", err)
+		return nil, fmt.Errorf("index pods by node: %w", err)
 	}
-	r.stores = &informerStores{nodes: nodes.GetStore(), pods: pods.GetIndexer()}
-	return nil
+	return &Stores{nodes: nodes.GetStore(), pods: pods.GetIndexer()}, nil
 }
 
-// listNodes returns every node by name, sharing the cache's objects (read-only).
-func (r *Reconciler) listNodes(ctx context.Context) (map[string]*corev1.Node, error) {
-	if r.stores != nil {
-		objs := r.stores.nodes.List()
+// ListNodes returns every node by name, sharing the cache's objects (read-only).
+func (e *Env) ListNodes(ctx context.Context) (map[string]*corev1.Node, error) {
+	if e.Stores != nil {
+		objs := e.Stores.nodes.List()
 		out := make(map[string]*corev1.Node, len(objs))
 		for _, o := range objs {
 			n, ok := o.(*corev1.Node)
@@ -87,14 +87,14 @@ func (r *Reconciler) listNodes(ctx context.Context) (map[string]*corev1.Node, er
 		return out, nil
 	}
 	var nodes corev1.NodeList
-	if err := r.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
+	if err := e.Client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	return byName(nodes.Items), nil
+	return ByName(nodes.Items), nil
 }
 
-// byName maps listed items by name, pointing into the list (no copy).
-func byName[T any, PT interface {
+// ByName maps listed items by name, pointing into the list (no copy).
+func ByName[T any, PT interface {
 	*T
 	GetName() string
 }](items []T) map[string]PT {
@@ -106,11 +106,11 @@ func byName[T any, PT interface {
 	return out
 }
 
-// podsOn returns the pods of one node that an index (podNodeIndex or
-// ztunnelNodeIndex) lists, sharing the cache's objects (read-only).
-func (r *Reconciler) podsOn(ctx context.Context, index, node string) ([]*corev1.Pod, error) {
-	if r.stores != nil {
-		objs, err := r.stores.pods.ByIndex(index, node)
+// PodsOn returns the pods of one node that an index (PodNodeIndex or
+// ZtunnelNodeIndex) lists, sharing the cache's objects (read-only).
+func (e *Env) PodsOn(ctx context.Context, index, node string) ([]*corev1.Pod, error) {
+	if e.Stores != nil {
+		objs, err := e.Stores.pods.ByIndex(index, node)
 		if err != nil {
 			return nil, fmt.Errorf("list pods on node %s: %w", node, err)
 		}
@@ -125,7 +125,7 @@ func (r *Reconciler) podsOn(ctx context.Context, index, node string) ([]*corev1.
 		return out, nil
 	}
 	var pods corev1.PodList
-	if err := r.Client.List(ctx, &pods, client.MatchingFields{index: node}, client.UnsafeDisableDeepCopy); err != nil {
+	if err := e.Client.List(ctx, &pods, client.MatchingFields{index: node}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list pods on node %s: %w", node, err)
 	}
 	out := make([]*corev1.Pod, len(pods.Items))
@@ -133,4 +133,30 @@ func (r *Reconciler) podsOn(ctx context.Context, index, node string) ([]*corev1.
 		out[i] = &pods.Items[i]
 	}
 	return out, nil
+}
+
+// PodNodeIndex indexes cached pods by node, so a pass reads only the pods of the
+// nodes it drives, not every pod of the cluster.
+const PodNodeIndex = "spec.nodeName"
+
+// IndexPodNode is the index function of PodNodeIndex.
+func IndexPodNode(o client.Object) []string {
+	if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+		return []string{n}
+	}
+	return nil
+}
+
+// ZtunnelNodeIndex indexes the ztunnel pods (label app=ztunnel, as Istio's chart
+// sets for every revision) by node: a Handoff pass needs only those, one or two per
+// node, not the node's ten or a hundred workload pods.
+const ZtunnelNodeIndex = "ztunnel.spec.nodeName"
+
+// IndexZtunnelNode is the index function of ZtunnelNodeIndex.
+func IndexZtunnelNode(o client.Object) []string {
+	p := o.(*corev1.Pod)
+	if p.Spec.NodeName != "" && mesh.IsZtunnel(p.Labels) {
+		return []string{p.Spec.NodeName}
+	}
+	return nil
 }

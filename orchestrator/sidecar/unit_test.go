@@ -1,7 +1,10 @@
-package orchestrator
+package sidecar
 
 import (
 	"context"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"strings"
 	"testing"
 
@@ -10,19 +13,19 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 func injectedPod(name, rev, restart string, containers string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}, Annotations: map[string]string{}}}
 	if rev != "" {
-		p.Annotations[revisionKey] = rev
-		p.Annotations[injectorStatusKey] = `{"initContainers":["istio-init"],` + containers + `,"volumes":["istio-envoy"],"revision":"` + rev + `"}`
+		p.Annotations[mesh.RevisionKey] = rev
+		p.Annotations[mesh.AnnotationSidecarStatus] = `{"initContainers":["istio-init"],` + containers + `,"volumes":["istio-envoy"],"revision":"` + rev + `"}`
 	}
 	if restart != "" {
 		p.Annotations[ztv1.AnnotationRestart] = restart
@@ -41,30 +44,30 @@ func TestProxyRevision(t *testing.T) {
 		{"a pod without the status annotation has no proxy", injectedPod("a", "", "", sidecar), ""},
 		{"a native sidecar (init container) counts", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", `"containers":[]`)
-			p.Annotations[injectorStatusKey] = `{"initContainers":["istio-validation","istio-proxy"],"containers":[],"revision":"1-18-1"}`
+			p.Annotations[mesh.AnnotationSidecarStatus] = `{"initContainers":["istio-validation","istio-proxy"],"containers":[],"revision":"1-18-1"}`
 			return p
 		}(), "1-18-1"},
 		{"status and revision annotation must agree", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", sidecar)
-			p.Annotations[revisionKey] = "1-18-0"
+			p.Annotations[mesh.RevisionKey] = "1-18-0"
 			return p
 		}(), ""},
 		{"an older injector's revision label counts", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", sidecar)
-			delete(p.Annotations, revisionKey)
-			p.Labels[revisionKey] = "1-18-1"
+			delete(p.Annotations, mesh.RevisionKey)
+			p.Labels[mesh.RevisionKey] = "1-18-1"
 			return p
 		}(), "1-18-1"},
 		{"a status without the proxy container is no proxy", injectedPod("a", "1-18-1", "", `"containers":["other"]`), ""},
 		{"a malformed status is no proxy", func() *corev1.Pod {
 			p := injectedPod("a", "1-18-1", "", sidecar)
-			p.Annotations[injectorStatusKey] = "{"
+			p.Annotations[mesh.AnnotationSidecarStatus] = "{"
 			return p
 		}(), ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := proxyRevision(tc.pod); got != tc.want {
+			if got := mesh.ProxyRevision(tc.pod); got != tc.want {
 				t.Errorf("proxyRevision = %q, want %q", got, tc.want)
 			}
 		})
@@ -127,36 +130,6 @@ func TestJudgeRestarts(t *testing.T) {
 	})
 }
 
-func TestValidateSidecarPlan(t *testing.T) {
-	step := func(v intstr.IntOrString) ztv1.Step { return ztv1.Step{Namespaces: &v} }
-	cases := []struct {
-		name  string
-		steps []ztv1.Step
-		total int
-		want  string
-	}{
-		{"one then all is fine", []ztv1.Step{step(intstr.FromInt32(1)), step(intstr.FromString("100%"))}, 4, ""},
-		{"a percentage below the count before is refused", []ztv1.Step{step(intstr.FromInt32(3)), step(intstr.FromString("50%")), step(intstr.FromString("100%"))}, 4,
-			"spec.steps[1].namespaces: 50% is 2 of 4 namespaces, fewer than the 3 of the step before"},
-		{"not ending with every namespace is refused", []ztv1.Step{step(intstr.FromInt32(1))}, 3,
-			"the last step moves 1 of 3 namespaces; end with namespaces: 100%"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := validateSidecarPlan(&ztv1.RevisionUpgradeSpec{Steps: tc.steps}, tc.total)
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("unexpected refusal: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want %q", err, tc.want)
-			}
-		})
-	}
-}
-
 // chartInjector is a revision's injector webhooks as Istio's chart renders them
 // (rev.namespace and rev.object; the default tag adds namespace and object).
 func chartInjector(rev, tag string) *admissionregistrationv1.MutatingWebhookConfiguration {
@@ -171,16 +144,16 @@ func chartInjector(rev, tag string) *admissionregistrationv1.MutatingWebhookConf
 		selects, name = tag, "istio-revision-tag-"+tag
 	}
 	hooks := []admissionregistrationv1.MutatingWebhook{
-		{Name: "rev.namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(revisionKey, metav1.LabelSelectorOpIn, selects), req(injectionLabel, metav1.LabelSelectorOpDoesNotExist))},
-		{Name: "rev.object.sidecar-injector.istio.io", NamespaceSelector: sel(req(revisionKey, metav1.LabelSelectorOpDoesNotExist), req(injectionLabel, metav1.LabelSelectorOpDoesNotExist))},
+		{Name: "rev.namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.RevisionKey, metav1.LabelSelectorOpIn, selects), req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist))},
+		{Name: "rev.object.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.RevisionKey, metav1.LabelSelectorOpDoesNotExist), req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist))},
 	}
 	if tag == "default" {
 		hooks = append(hooks,
-			admissionregistrationv1.MutatingWebhook{Name: "namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(injectionLabel, metav1.LabelSelectorOpIn, "enabled"))},
-			admissionregistrationv1.MutatingWebhook{Name: "object.sidecar-injector.istio.io", NamespaceSelector: sel(req(injectionLabel, metav1.LabelSelectorOpDoesNotExist), req(revisionKey, metav1.LabelSelectorOpDoesNotExist))},
+			admissionregistrationv1.MutatingWebhook{Name: "namespace.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.LabelInjection, metav1.LabelSelectorOpIn, "enabled"))},
+			admissionregistrationv1.MutatingWebhook{Name: "object.sidecar-injector.istio.io", NamespaceSelector: sel(req(mesh.LabelInjection, metav1.LabelSelectorOpDoesNotExist), req(mesh.RevisionKey, metav1.LabelSelectorOpDoesNotExist))},
 		)
 	}
-	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{revisionKey: rev}}, Webhooks: hooks}
+	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{mesh.RevisionKey: rev}}, Webhooks: hooks}
 }
 
 func availableIstiod(rev string) *appsv1.Deployment {
@@ -207,10 +180,10 @@ func TestPreflightSidecar(t *testing.T) {
 			availableIstiod(from), availableIstiod(to),
 			chartInjector(from, ""), chartInjector(from, "default"), chartInjector(to, ""),
 			namespace("kube-system", nil), namespace("default", nil),
-			namespace("shop", map[string]string{injectionLabel: "enabled"}),
-			namespace("cart", map[string]string{revisionKey: from}),
-			namespace("trap", map[string]string{revisionKey: from, injectionLabel: "enabled"}),
-			namespace("off", map[string]string{injectionLabel: "disabled"}),
+			namespace("shop", map[string]string{mesh.LabelInjection: "enabled"}),
+			namespace("cart", map[string]string{mesh.RevisionKey: from}),
+			namespace("trap", map[string]string{mesh.RevisionKey: from, mesh.LabelInjection: "enabled"}),
+			namespace("off", map[string]string{mesh.LabelInjection: "disabled"}),
 		}
 	}
 	cases := []struct {
@@ -220,15 +193,15 @@ func TestPreflightSidecar(t *testing.T) {
 		scope    []string
 	}{
 		{"the default scope is what the from injector enrols by label", base(), nil, []string{"cart", "shop", "trap"}},
-		{"a selector picks its namespaces", base(), &metav1.LabelSelector{MatchLabels: map[string]string{injectionLabel: "enabled"}}, []string{"shop", "trap"}},
+		{"a selector picks its namespaces", base(), &metav1.LabelSelector{MatchLabels: map[string]string{mesh.LabelInjection: "enabled"}}, []string{"shop", "trap"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := NewScheme()
-			if err != nil {
+			s := runtime.NewScheme()
+			if err := clientgoscheme.AddToScheme(s); err != nil {
 				t.Fatal(err)
 			}
-			r := &Reconciler{Client: fake.NewClientBuilder().WithScheme(s).WithObjects(tc.objs...).Build(), Log: zaptest.NewLogger(t)}
+			r := &Driver{Env: &drive.Env{Client: fake.NewClientBuilder().WithScheme(s).WithObjects(tc.objs...).Build(), Log: zaptest.NewLogger(t)}}
 			u := &ztv1.RevisionUpgrade{Spec: ztv1.RevisionUpgradeSpec{Mode: ztv1.ModeSidecar, From: from, To: to, NamespaceSelector: tc.selector}}
 			scope, err := r.preflightSidecar(context.Background(), u)
 			if err != nil {

@@ -1,10 +1,9 @@
-package orchestrator
+package sidecar
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sort"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -14,16 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
-)
-
-// Istio's injection markers (pkg/kube/inject): the status annotation the injector
-// writes on every pod it mutates, the label it sets to its revision, and the opt-out
-// a pod template can carry.
-const (
-	injectorStatusKey = "sidecar.istio.io/status"
-	injectOptOutKey   = "sidecar.istio.io/inject"
-	injectionLabel    = "istio-injection"
-	proxyContainer    = "istio-proxy"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 )
 
 // sidecarWorkload is a Deployment, StatefulSet or DaemonSet of a namespace in scope,
@@ -83,75 +74,25 @@ func sameValue(a, b *string) bool {
 // not opted out (label or annotation sidecar.istio.io/inject=false) and not on the
 // host network, which Istio never injects.
 func injectable(t *corev1.PodTemplateSpec) bool {
-	if t.Labels[injectOptOutKey] == "false" || t.Annotations[injectOptOutKey] == "false" {
+	if t.Labels[mesh.SidecarInjectKey] == "false" || t.Annotations[mesh.SidecarInjectKey] == "false" {
 		return false
 	}
 	return !t.Spec.HostNetwork
 }
 
-// injectorStatus is the part of sidecar.istio.io/status that ztcanary reads.
-type injectorStatus struct {
-	InitContainers []string `json:"initContainers"`
-	Containers     []string `json:"containers"`
-	Revision       string   `json:"revision"`
-}
-
-// proxyRevision returns the revision of the injector that gave the pod its proxy,
-// "" when the pod has no injected proxy. The status annotation and the istio.io/rev
-// the injector sets (an annotation in Istio's current injection template, a label in
-// older ones; revisionOf reads either) must agree, and the proxy container must be
-// among the injected ones (as a container, or as a native sidecar init container).
-func proxyRevision(p *corev1.Pod) string {
-	raw, ok := p.Annotations[injectorStatusKey]
-	if !ok {
-		return ""
-	}
-	var st injectorStatus
-	if err := json.Unmarshal([]byte(raw), &st); err != nil || st.Revision == "" {
-		return ""
-	}
-	if !slices.Contains(st.Containers, proxyContainer) && !slices.Contains(st.InitContainers, proxyContainer) {
-		return ""
-	}
-	if revisionOf(p) != st.Revision {
-		return ""
-	}
-	return st.Revision
-}
-
-// describeProxy says, for a message, what proxy a pod carries.
-func describeProxy(p *corev1.Pod) string {
-	if rev := proxyRevision(p); rev != "" {
-		return "the " + rev + " proxy"
-	}
-	if raw, ok := p.Annotations[injectorStatusKey]; ok {
-		return fmt.Sprintf("an injector status %s with %s=%q", raw, revisionKey, revisionOf(p))
-	}
-	return "no injected proxy"
-}
-
-func podReadyNow(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // namespaceWorkloads lists the Deployments, StatefulSets and DaemonSets of a
 // namespace, sorted by kind and name, each with its live pods (attributed by owner
 // reference, through the ReplicaSet for a Deployment).
-func (r *Reconciler) namespaceWorkloads(ctx context.Context, ns string) ([]*sidecarWorkload, error) {
+func (d *Driver) namespaceWorkloads(ctx context.Context, ns string) ([]*sidecarWorkload, error) {
 	var out []*sidecarWorkload
 	byUID := map[types.UID]*sidecarWorkload{}
 	var deps appsv1.DeploymentList
-	if err := r.Client.List(ctx, &deps, client.InNamespace(ns)); err != nil {
+	if err := d.Client.List(ctx, &deps, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("list Deployments in %s: %w", ns, err)
 	}
 	for i := range deps.Items {
 		d := &deps.Items[i]
-		want := replicas(d.Spec.Replicas)
+		want := drive.Replicas(d.Spec.Replicas)
 		w := &sidecarWorkload{kind: "Deployment", name: d.Name, obj: d, template: &d.Spec.Template, desired: want,
 			rolledOut: d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == want &&
 				d.Status.Replicas == want && d.Status.AvailableReplicas == want}
@@ -159,12 +100,12 @@ func (r *Reconciler) namespaceWorkloads(ctx context.Context, ns string) ([]*side
 		byUID[d.UID] = w
 	}
 	var stss appsv1.StatefulSetList
-	if err := r.Client.List(ctx, &stss, client.InNamespace(ns)); err != nil {
+	if err := d.Client.List(ctx, &stss, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("list StatefulSets in %s: %w", ns, err)
 	}
 	for i := range stss.Items {
 		s := &stss.Items[i]
-		want := replicas(s.Spec.Replicas)
+		want := drive.Replicas(s.Spec.Replicas)
 		w := &sidecarWorkload{kind: "StatefulSet", name: s.Name, obj: s, template: &s.Spec.Template, desired: want,
 			onDelete: s.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType,
 			rolledOut: s.Status.ObservedGeneration >= s.Generation && s.Status.UpdatedReplicas == want &&
@@ -173,7 +114,7 @@ func (r *Reconciler) namespaceWorkloads(ctx context.Context, ns string) ([]*side
 		byUID[s.UID] = w
 	}
 	var dss appsv1.DaemonSetList
-	if err := r.Client.List(ctx, &dss, client.InNamespace(ns)); err != nil {
+	if err := d.Client.List(ctx, &dss, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("list DaemonSets in %s: %w", ns, err)
 	}
 	for i := range dss.Items {
@@ -188,7 +129,7 @@ func (r *Reconciler) namespaceWorkloads(ctx context.Context, ns string) ([]*side
 	}
 	// Pods of a Deployment belong to its ReplicaSets.
 	var rss appsv1.ReplicaSetList
-	if err := r.Client.List(ctx, &rss, client.InNamespace(ns)); err != nil {
+	if err := d.Client.List(ctx, &rss, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("list ReplicaSets in %s: %w", ns, err)
 	}
 	for i := range rss.Items {
@@ -200,12 +141,12 @@ func (r *Reconciler) namespaceWorkloads(ctx context.Context, ns string) ([]*side
 		}
 	}
 	var pods corev1.PodList
-	if err := r.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+	if err := d.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("list pods in %s: %w", ns, err)
 	}
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.DeletionTimestamp != nil || podFinished(p) {
+		if p.DeletionTimestamp != nil || mesh.Finished(p) {
 			continue
 		}
 		if ref := metav1.GetControllerOfNoCopy(p); ref != nil {
@@ -245,8 +186,8 @@ func judgeForward(w *sidecarWorkload, target, rev string) (restartState, string)
 	onTarget := 0
 	for _, p := range w.pods {
 		fromTarget := sameValue(podRestart(p), &target)
-		if fromTarget && proxyRevision(p) != rev {
-			return restartFailed, fmt.Sprintf("%s: pod %s was created after the namespace moved to %s but carries %s", w.key(), p.Name, rev, describeProxy(p))
+		if fromTarget && mesh.ProxyRevision(p) != rev {
+			return restartFailed, fmt.Sprintf("%s: pod %s was created after the namespace moved to %s but carries %s", w.key(), p.Name, rev, mesh.DescribeProxy(p))
 		}
 		if fromTarget {
 			onTarget++
@@ -268,7 +209,7 @@ func judgeBack(w *sidecarWorkload, target *string, rev string) (restartState, st
 	}
 	left := 0
 	for _, p := range w.pods {
-		if (rev != "" && proxyRevision(p) == rev) || !sameValue(podRestart(p), target) {
+		if (rev != "" && mesh.ProxyRevision(p) == rev) || !sameValue(podRestart(p), target) {
 			left++
 		}
 	}
@@ -286,7 +227,7 @@ func needsMove(w *sidecarWorkload, rev string) bool {
 		return false
 	}
 	for _, p := range w.pods {
-		if proxyRevision(p) != rev {
+		if mesh.ProxyRevision(p) != rev {
 			return true
 		}
 	}
@@ -305,13 +246,13 @@ func restartPatch(value *string) ([]byte, error) {
 
 // setRestart writes the template's restart annotation, which makes the workload's
 // controller replace its pods by its own update strategy.
-func (r *Reconciler) setRestart(ctx context.Context, w *sidecarWorkload, value *string) error {
+func (d *Driver) setRestart(ctx context.Context, w *sidecarWorkload, value *string) error {
 	patch, err := restartPatch(value)
 	if err != nil {
 		return err
 	}
-	countWrite("restart")
-	if err := r.Client.Patch(ctx, w.obj, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+	drive.CountWrite("restart")
+	if err := d.Client.Patch(ctx, w.obj, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
 		return fmt.Errorf("restart %s/%s: %w", w.obj.GetNamespace(), w.key(), err)
 	}
 	return nil
@@ -321,13 +262,13 @@ func (r *Reconciler) setRestart(ctx context.Context, w *sidecarWorkload, value *
 // one pod not yet made from the target template of a workload whose controller
 // replaces pods only on deletion, and only while all its other pods are ready: the
 // rolling update that strategy leaves to the operator, one pod at a time.
-func (r *Reconciler) replaceOnDelete(ctx context.Context, w *sidecarWorkload, target *string) error {
+func (d *Driver) replaceOnDelete(ctx context.Context, w *sidecarWorkload, target *string) error {
 	if !w.onDelete || int32(len(w.pods)) < w.desired {
 		return nil
 	}
 	var old *corev1.Pod
 	for _, p := range w.pods {
-		if !podReadyNow(p) {
+		if !mesh.Ready(p) {
 			return nil
 		}
 		if old == nil && !sameValue(podRestart(p), target) {
@@ -337,5 +278,5 @@ func (r *Reconciler) replaceOnDelete(ctx context.Context, w *sidecarWorkload, ta
 	if old == nil {
 		return nil
 	}
-	return r.evict(ctx, []*corev1.Pod{old})
+	return d.Evict(ctx, []*corev1.Pod{old})
 }

@@ -1,4 +1,4 @@
-package orchestrator
+package ambient
 
 import (
 	"context"
@@ -23,6 +23,8 @@ import (
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/gatewayroutes"
 	"github.com/ztcanary/ztcanary/gatewayroutes/traffictest"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
 )
 
 // RouterFactory builds the Router of an upgrade's route.
@@ -58,9 +60,9 @@ func Routers(kube kubernetes.Interface, gw gatewayclient.Interface, istio istioc
 				StableSubset: rs.Stable.Subset, CanarySubset: rs.Canary.Subset,
 			}, nil
 		case rs.VirtualService != nil:
-			return nil, refused("RouteUnsupported", "spec.route.virtualService: this orchestrator was started without an Istio client; use spec.route.httpRoute")
+			return nil, plan.Refused("RouteUnsupported", "spec.route.virtualService: this orchestrator was started without an Istio client; use spec.route.httpRoute")
 		}
-		return nil, refused(reasonInvalid, "spec.route: set httpRoute or virtualService")
+		return nil, plan.Refused(ztv1.ReasonInvalidSpec, "spec.route: set httpRoute or virtualService")
 	}
 }
 
@@ -68,35 +70,17 @@ func backend(b ztv1.BackendRef) gatewayroutes.Backend {
 	return gatewayroutes.Backend{Namespace: b.Namespace, Name: b.Name, Port: b.Port}
 }
 
-// desiredSplit is the route the steps up to and including step i ask for: the test
-// header rule once its step is reached (kept for testers until the end), and the
-// last weight set.
-func desiredSplit(u *ztv1.RevisionUpgrade, i int) gatewayroutes.Split {
-	var s gatewayroutes.Split
-	for j := 0; j <= i && j < len(u.Spec.Steps); j++ {
-		t := u.Spec.Steps[j].Traffic
-		switch {
-		case t == nil:
-		case t.Header != nil:
-			s.Header = &gatewayroutes.Header{Name: t.Header.Name, Value: t.Header.Value}
-		case t.Weight != nil:
-			s.CanaryWeight = *t.Weight
-		}
-	}
-	return s
-}
-
 // preflightRoute checks the route and both backend Services exist, that the
 // router can use them (ReferenceGrant; DestinationRule and subsets), and snapshots
 // what the router may change, for an exact restore.
-func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade) (*runtime.RawExtension, error) {
+func (d *Driver) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade) (*runtime.RawExtension, error) {
 	if u.Spec.Route == nil {
 		return nil, nil
 	}
-	if r.Routes == nil {
-		return nil, refused("RouteUnsupported", "spec.route: this orchestrator was started without route support")
+	if d.Routes == nil {
+		return nil, plan.Refused("RouteUnsupported", "spec.route: this orchestrator was started without route support")
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return nil, err
 	}
@@ -107,9 +91,9 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 	}{{"stable", u.Spec.Route.Stable}, {"canary", u.Spec.Route.Canary}} {
 		role, b := rb.role, rb.ref
 		var svc corev1.Service
-		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: b.Name}, &svc); err != nil {
+		if err := d.Client.Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: b.Name}, &svc); err != nil {
 			if apierrors.IsNotFound(err) {
-				return nil, refused("BackendMissing", "spec.route.%s: Service %s/%s does not exist", role, b.Namespace, b.Name)
+				return nil, plan.Refused("BackendMissing", "spec.route.%s: Service %s/%s does not exist", role, b.Namespace, b.Name)
 			}
 			return nil, err
 		}
@@ -117,21 +101,21 @@ func (r *Reconciler) preflightRoute(ctx context.Context, u *ztv1.RevisionUpgrade
 	snap, err := router.Snapshot(ctx)
 	if err != nil {
 		if errors.Is(err, gatewayroutes.ErrRoute) {
-			return nil, refused("RouteMissing", "%s: %v; create it, or name the route to shift", routeField(u.Spec.Route), err)
+			return nil, plan.Refused("RouteMissing", "%s: %v; create it, or name the route to shift", routeField(u.Spec.Route), err)
 		}
 		return nil, err
 	}
 	if err := router.Check(ctx); err != nil {
 		switch {
 		case errors.Is(err, gatewayroutes.ErrReferenceNotPermitted):
-			return nil, refused("ReferenceNotPermitted", "spec.route: %v", err)
+			return nil, plan.Refused("ReferenceNotPermitted", "spec.route: %v", err)
 		case errors.Is(err, gatewayroutes.ErrBackend):
-			return nil, refused("BackendUnusable", "spec.route: %v", err)
+			return nil, plan.Refused("BackendUnusable", "spec.route: %v", err)
 		}
 		return nil, err
 	}
 	if _, err := router.GetRoutes(ctx); err != nil {
-		return nil, refused("RouteUnusable", "spec.route: %v", err)
+		return nil, plan.Refused("RouteUnusable", "spec.route: %v", err)
 	}
 	b, err := json.Marshal(snap)
 	if err != nil {
@@ -150,11 +134,11 @@ func routeField(rs *ztv1.RouteSpec) string {
 }
 
 // routeDrift reports how the route differs from what ztcanary last set, if it does.
-func (r *Reconciler) routeDrift(ctx context.Context, u *ztv1.RevisionUpgrade) ([]string, error) {
-	if u.Spec.Route == nil || r.Routes == nil || u.Status.TrafficStep == nil {
+func (d *Driver) routeDrift(ctx context.Context, u *ztv1.RevisionUpgrade) ([]string, error) {
+	if u.Spec.Route == nil || d.Routes == nil || u.Status.TrafficStep == nil {
 		return nil, nil
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return nil, err
 	}
@@ -162,37 +146,37 @@ func (r *Reconciler) routeDrift(ctx context.Context, u *ztv1.RevisionUpgrade) ([
 	if err != nil {
 		return []string{err.Error()}, nil
 	}
-	return gatewayroutes.DetectDrift(desiredSplit(u, int(*u.Status.TrafficStep)), got), nil
+	return gatewayroutes.DetectDrift(plan.DesiredSplit(&u.Spec, int(*u.Status.TrafficStep)), got), nil
 }
 
 // applyTraffic sets the route to what the steps up to step i ask for and records
 // it. The router refuses a canary share for a backend without a ready endpoint.
-func (r *Reconciler) applyTraffic(ctx context.Context, u *ztv1.RevisionUpgrade, i int) error {
-	if u.Spec.Route == nil || r.Routes == nil || u.Spec.Steps[i].Traffic == nil {
+func (d *Driver) applyTraffic(ctx context.Context, u *ztv1.RevisionUpgrade, i int) error {
+	if u.Spec.Route == nil || d.Routes == nil || u.Spec.Steps[i].Traffic == nil {
 		return nil
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return err
 	}
-	split := desiredSplit(u, i)
+	split := plan.DesiredSplit(&u.Spec, i)
 	if err := router.SetRoutes(ctx, split); err != nil {
 		return err
 	}
-	countWrite("route")
+	drive.CountWrite("route")
 	step := int32(i)
 	u.Status.TrafficStep = &step
 	u.Status.TrafficWeight = split.CanaryWeight
-	r.Recorder.Eventf(u, eventNormal, "TrafficShifted", "step %d: route set to %s", i, split)
+	d.Recorder.Eventf(u, drive.EventNormal, "TrafficShifted", "step %d: route set to %s", i, split)
 	return nil
 }
 
 // routeReady reports whether the gateway accepted the route's current spec.
-func (r *Reconciler) routeReady(ctx context.Context, u *ztv1.RevisionUpgrade) (bool, string, error) {
-	if u.Spec.Route == nil || r.Routes == nil {
+func (d *Driver) routeReady(ctx context.Context, u *ztv1.RevisionUpgrade) (bool, string, error) {
+	if u.Spec.Route == nil || d.Routes == nil {
 		return true, "", nil
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return false, "", err
 	}
@@ -200,11 +184,11 @@ func (r *Reconciler) routeReady(ctx context.Context, u *ztv1.RevisionUpgrade) (b
 }
 
 // restoreRoute writes back the snapshot taken before the upgrade.
-func (r *Reconciler) restoreRoute(ctx context.Context, u *ztv1.RevisionUpgrade) error {
-	if u.Spec.Route == nil || r.Routes == nil || u.Status.OriginalRoute == nil {
+func (d *Driver) restoreRoute(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	if u.Spec.Route == nil || d.Routes == nil || u.Status.OriginalRoute == nil {
 		return nil
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return err
 	}
@@ -212,16 +196,16 @@ func (r *Reconciler) restoreRoute(ctx context.Context, u *ztv1.RevisionUpgrade) 
 	if err := json.Unmarshal(u.Status.OriginalRoute.Raw, &snap); err != nil {
 		return fmt.Errorf("recorded route snapshot: %w", err)
 	}
-	countWrite("route")
+	drive.CountWrite("route")
 	return router.Restore(ctx, snap)
 }
 
 // promoteRoute leaves only the canary backend and no test rule, when asked.
-func (r *Reconciler) promoteRoute(ctx context.Context, u *ztv1.RevisionUpgrade) error {
-	if u.Spec.Route == nil || !u.Spec.Route.CleanUpOnSuccess || r.Routes == nil {
+func (d *Driver) promoteRoute(ctx context.Context, u *ztv1.RevisionUpgrade) error {
+	if u.Spec.Route == nil || !u.Spec.Route.CleanUpOnSuccess || d.Routes == nil {
 		return nil
 	}
-	router, err := r.Routes(u)
+	router, err := d.Routes(u)
 	if err != nil {
 		return err
 	}
@@ -229,7 +213,7 @@ func (r *Reconciler) promoteRoute(ctx context.Context, u *ztv1.RevisionUpgrade) 
 	if !ok {
 		return fmt.Errorf("the %T router cannot clean up a route", router)
 	}
-	countWrite("route")
+	drive.CountWrite("route")
 	return p.Promote(ctx)
 }
 
@@ -265,7 +249,7 @@ func (g TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) 
 	if err != nil {
 		return false, "", err
 	}
-	want := float64(desiredSplit(u, i).CanaryWeight) / 100
+	want := float64(plan.DesiredSplit(&u.Spec, i).CanaryWeight) / 100
 	if t.Header != nil {
 		cfg.HeaderName, cfg.HeaderValue, want = t.Header.Name, t.Header.Value, 1
 	}
@@ -281,7 +265,7 @@ func (g TrafficGate) Check(ctx context.Context, u *ztv1.RevisionUpgrade, i int) 
 		return false, "", errors.New(failure)
 	}
 	if g.Recorder != nil {
-		g.Recorder.Eventf(u, eventNormal, "TrafficTestPassed", "step %d: %d requests%s, %.1f%% succeeded, canary share %.1f%% (interval %.1f-%.1f%%) consistent with %.0f%%",
+		g.Recorder.Eventf(u, drive.EventNormal, "TrafficTestPassed", "step %d: %d requests%s, %.1f%% succeeded, canary share %.1f%% (interval %.1f-%.1f%%) consistent with %.0f%%",
 			i, res.Requests, withHeader(cfg), 100*res.SuccessRate, 100*res.CanaryShare, 100*res.ShareInterval[0], 100*res.ShareInterval[1], 100*want)
 	}
 	return true, "", nil
@@ -298,17 +282,17 @@ func trafficConfig(tt *ztv1.TrafficTest) (traffictest.Config, error) {
 	cfg := traffictest.Config{URL: tt.URL, Requests: int(tt.Requests), Concurrency: int(tt.Concurrency)}
 	switch {
 	case tt.CanaryHeader != nil && tt.CanaryBodyRegex != "":
-		return cfg, refused(reasonInvalid, "spec.analysis.trafficTest: set only one of canaryHeader and canaryBodyRegex")
+		return cfg, plan.Refused(ztv1.ReasonInvalidSpec, "spec.analysis.trafficTest: set only one of canaryHeader and canaryBodyRegex")
 	case tt.CanaryHeader != nil:
 		cfg.VersionHeader, cfg.CanaryVersion = tt.CanaryHeader.Name, tt.CanaryHeader.Value
 	case tt.CanaryBodyRegex != "":
 		re, err := regexp.Compile(tt.CanaryBodyRegex)
 		if err != nil {
-			return cfg, refused(reasonInvalid, "spec.analysis.trafficTest.canaryBodyRegex: %q is not a valid regular expression (Go RE2 syntax): %v", tt.CanaryBodyRegex, err)
+			return cfg, plan.Refused(ztv1.ReasonInvalidSpec, "spec.analysis.trafficTest.canaryBodyRegex: %q is not a valid regular expression (Go RE2 syntax): %v", tt.CanaryBodyRegex, err)
 		}
 		cfg.CanaryRegex, cfg.CanaryVersion = re, canaryLabel
 	default:
-		return cfg, refused(reasonInvalid, "spec.analysis.trafficTest: set canaryHeader (the response header a canary answer carries) or canaryBodyRegex (a regular expression its body matches)")
+		return cfg, plan.Refused(ztv1.ReasonInvalidSpec, "spec.analysis.trafficTest: set canaryHeader (the response header a canary answer carries) or canaryBodyRegex (a regular expression its body matches)")
 	}
 	return cfg, nil
 }
@@ -333,7 +317,8 @@ func withHeader(cfg traffictest.Config) string {
 
 // settling reports whether the step's analysis began less than Settle ago.
 func (g TrafficGate) settling(u *ztv1.RevisionUpgrade) bool {
-	if u.Status.StepStartedAt == nil {
+	since := u.Status.StageStart()
+	if since == nil {
 		return false
 	}
 	c, settle := g.Clock, g.Settle
@@ -343,7 +328,7 @@ func (g TrafficGate) settling(u *ztv1.RevisionUpgrade) bool {
 	if settle == 0 {
 		settle = DefaultTrafficSettle
 	}
-	return c.Since(u.Status.StepStartedAt.Time) < settle
+	return c.Since(since.Time) < settle
 }
 
 func errorsSummary(m map[string]int) string {

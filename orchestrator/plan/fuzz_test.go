@@ -1,4 +1,4 @@
-package orchestrator
+package plan
 
 import (
 	"fmt"
@@ -57,7 +57,7 @@ func FuzzValidatePlan(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, total uint16, withRoute bool) {
 		spec := fuzzSpec(data, withRoute)
 		n := int(total % 2000)
-		err := validatePlan(spec, n)
+		err := ValidateNodes(spec, n)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "spec.") {
 				t.Fatalf("refusal %q does not name the field to fix", err)
@@ -66,7 +66,7 @@ func FuzzValidatePlan(f *testing.F) {
 		}
 		prev, weight := 0, int32(0)
 		for i, st := range spec.Steps {
-			got, err := targetNodes(st, n)
+			got, err := TargetNodes(st, n)
 			if err != nil {
 				t.Fatalf("accepted plan, but step %d: %v", i, err)
 			}
@@ -100,7 +100,7 @@ func FuzzTargetNodes(f *testing.F) {
 			step.Nodes = intstr.FromString(s)
 		}
 		n := int(total)
-		got, err := targetNodes(step, n)
+		got, err := TargetNodes(step, n)
 		if err != nil {
 			return
 		}

@@ -1,4 +1,4 @@
-package orchestrator
+package ambient
 
 import (
 	"context"
@@ -11,17 +11,14 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
 )
-
-// ambientModeLabel enrols a namespace (or a pod) in the ambient data plane.
-const ambientModeLabel = "istio.io/dataplane-mode"
 
 // world is one pass's view of what the upgrade touches, read from the cache once.
 type world struct {
@@ -40,54 +37,18 @@ type ztunnelPod struct {
 	revision string
 }
 
-func (z ztunnelPod) ready() bool {
-	if z.pod.DeletionTimestamp != nil || z.pod.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range z.pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// podNodeIndex indexes cached pods by node, so a pass reads only the pods of the
-// nodes it drives, not every pod of the cluster.
-const podNodeIndex = "spec.nodeName"
-
-func indexPodNode(o client.Object) []string {
-	if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
-		return []string{n}
-	}
-	return nil
-}
-
-// ztunnelNodeIndex indexes the ztunnel pods (label app=ztunnel, as Istio's chart
-// sets for every revision) by node: a Handoff pass needs only those, one or two per
-// node, not the node's ten or a hundred workload pods.
-const ztunnelNodeIndex = "ztunnel.spec.nodeName"
-
-func indexZtunnelNode(o client.Object) []string {
-	p := o.(*corev1.Pod)
-	if p.Spec.NodeName != "" && p.Labels["app"] == "ztunnel" {
-		return []string{p.Spec.NodeName}
-	}
-	return nil
-}
-
 // readWorld reads, from the cache, what runs on the nodes of interest (nodes: every
 // node, from listNodes). The lists share the cache's objects (no deep copy): the
 // world is read-only. Ambient workload pods are read only for Drain, the one
 // strategy that evicts them.
-func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nodes map[string]*corev1.Node, of []string) (*world, error) {
+func (d *Driver) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nodes map[string]*corev1.Node, of []string) (*world, error) {
 	w := &world{
 		nodes:    nodes,
 		ztunnels: map[string][]ztunnelPod{},
 		ambient:  map[string][]*corev1.Pod{},
 		captures: map[string]*ztv1.NodeCapture{},
 	}
-	dss, err := ztunnelDaemonSets(ctx, r.Client, u.Spec.Ztunnel.Namespace)
+	dss, err := ztunnelDaemonSets(ctx, d.Client, u.Spec.Ztunnel.Namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +57,7 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nod
 		revByUID[ds.UID] = rev
 	}
 	for _, node := range of {
-		pods, err := r.podsOn(ctx, ztunnelNodeIndex, node)
+		pods, err := d.PodsOn(ctx, drive.ZtunnelNodeIndex, node)
 		if err != nil {
 			return nil, err
 		}
@@ -114,12 +75,12 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nod
 		}
 	}
 	if u.Spec.NodeStrategy != ztv1.NodeStrategyHandoff {
-		if err := r.readAmbient(ctx, u, w, of); err != nil {
+		if err := d.readAmbient(ctx, u, w, of); err != nil {
 			return nil, err
 		}
 	}
 	if u.Spec.Analysis.AgentVerification != ztv1.AgentVerificationDisabled {
-		captures, err := r.nodeCaptures(ctx)
+		captures, err := d.nodeCaptures(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -133,33 +94,30 @@ func (r *Reconciler) readWorld(ctx context.Context, u *ztv1.RevisionUpgrade, nod
 }
 
 // readAmbient fills w.ambient: the pods of the nodes of interest that the ambient
-// data plane captures (enrolled by namespace or by label), not DaemonSet pods, not
-// finished.
-func (r *Reconciler) readAmbient(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, of []string) error {
+// data plane captures (mesh.Enrolled: by their namespace or their own label), not
+// finished, terminating ones included (a drain waits for them to leave), DaemonSet
+// pods excluded (a drain cannot evict them).
+func (d *Driver) readAmbient(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, of []string) error {
 	var nss corev1.NamespaceList
-	if err := r.Client.List(ctx, &nss, client.MatchingLabels{ambientModeLabel: "ambient"}); err != nil {
+	if err := d.Client.List(ctx, &nss, client.MatchingLabels{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}); err != nil {
 		return fmt.Errorf("list ambient namespaces: %w", err)
 	}
-	ambientNS := map[string]bool{}
+	nsLabels := make(map[string]map[string]string, len(nss.Items))
 	for _, ns := range nss.Items {
-		ambientNS[ns.Name] = true
+		nsLabels[ns.Name] = ns.Labels
 	}
 	for _, node := range of {
-		pods, err := r.podsOn(ctx, podNodeIndex, node)
+		pods, err := d.PodsOn(ctx, drive.PodNodeIndex, node)
 		if err != nil {
 			return err
 		}
 		for _, p := range pods {
-			if p.Namespace == u.Spec.Ztunnel.Namespace && p.Labels["app"] == "ztunnel" {
+			if mesh.IsZtunnelPod(u.Spec.Ztunnel.Namespace, p) || mesh.DaemonSetPod(p) || mesh.Finished(p) {
 				continue
 			}
-			if !ambientNS[p.Namespace] && p.Labels[ambientModeLabel] != "ambient" {
-				continue
+			if mesh.Enrolled(nsLabels[p.Namespace], p) {
+				w.ambient[node] = append(w.ambient[node], p)
 			}
-			if isDaemonPod(p) || p.Labels[ambientModeLabel] == "none" || podFinished(p) {
-				continue
-			}
-			w.ambient[node] = append(w.ambient[node], p)
 		}
 	}
 	return nil
@@ -167,21 +125,12 @@ func (r *Reconciler) readAmbient(ctx context.Context, u *ztv1.RevisionUpgrade, w
 
 // nodeCaptures reads every agent report from the cache by node, sharing the
 // cache's objects (read-only).
-func (r *Reconciler) nodeCaptures(ctx context.Context) (map[string]*ztv1.NodeCapture, error) {
+func (d *Driver) nodeCaptures(ctx context.Context) (map[string]*ztv1.NodeCapture, error) {
 	var list ztv1.NodeCaptureList
-	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+	if err := d.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list NodeCaptures: %w", err)
 	}
-	return byName(list.Items), nil
-}
-
-func isDaemonPod(p *corev1.Pod) bool {
-	owner := metav1.GetControllerOf(p)
-	return owner != nil && owner.Kind == "DaemonSet"
-}
-
-func podFinished(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	return drive.ByName(list.Items), nil
 }
 
 // ztunnelState sums up a node's ztunnels: whether one of rev is Ready and whether
@@ -189,7 +138,7 @@ func podFinished(p *corev1.Pod) bool {
 func (w *world) ztunnelState(node, rev string) (readyRev bool, others int) {
 	for _, z := range w.ztunnels[node] {
 		if z.revision == rev {
-			readyRev = readyRev || z.ready()
+			readyRev = readyRev || mesh.Serving(z.pod)
 		} else {
 			others++
 		}
@@ -206,15 +155,15 @@ type nodeStep struct {
 // driveNode takes one action moving node n to revision target with the upgrade's
 // strategy, or reports it done. It derives everything from the world, so a restart
 // in the middle resumes where the cluster is.
-func (r *Reconciler) driveNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, target string) (nodeStep, error) {
+func (d *Driver) driveNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, target string) (nodeStep, error) {
 	node, ok := w.nodes[n.Name]
 	if !ok {
 		return nodeStep{}, fmt.Errorf("node %s in scope no longer exists", n.Name)
 	}
 	if u.Spec.NodeStrategy == ztv1.NodeStrategyHandoff {
-		return r.handoffNode(ctx, u, w, n, node, target)
+		return d.handoffNode(ctx, u, w, n, node, target)
 	}
-	return r.drainNode(ctx, u, w, n, node, target)
+	return d.drainNode(ctx, u, w, n, node, target)
 }
 
 // nodeParallelism bounds how many nodes a pass drives at once: a wave of 100 nodes
@@ -223,7 +172,7 @@ const nodeParallelism = 16
 
 // driveNodes drives each node one action towards target(node), in parallel. Each
 // goroutine touches only its own NodeStatus; the world is read-only.
-func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, nodes []*ztv1.NodeStatus, target func(*ztv1.NodeStatus) string) ([]nodeStep, error) {
+func (d *Driver) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, nodes []*ztv1.NodeStatus, target func(*ztv1.NodeStatus) string) ([]nodeStep, error) {
 	results := make([]nodeStep, len(nodes))
 	errs := make([]error, len(nodes))
 	sem := make(chan struct{}, nodeParallelism)
@@ -233,7 +182,7 @@ func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[k], errs[k] = r.driveNode(ctx, u, w, n, target(n))
+			results[k], errs[k] = d.driveNode(ctx, u, w, n, target(n))
 		}()
 	}
 	wg.Wait()
@@ -243,8 +192,8 @@ func (r *Reconciler) driveNodes(ctx context.Context, u *ztv1.RevisionUpgrade, w 
 // drainNode: cordon, evict the node's ambient pods, relabel, wait until the target
 // ztunnel is Ready and no other one remains, uncordon. No connection is cut, because
 // no ambient pod is left on the node when its ztunnel changes.
-func (r *Reconciler) drainNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
-	key := nodeLabel(&u.Spec)
+func (d *Driver) drainNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
+	key := u.Spec.NodeLabelOrDefault()
 	if node.Labels[key] == target {
 		n.Revision = target
 		ready, others := w.ztunnelState(n.Name, target)
@@ -254,31 +203,31 @@ func (r *Reconciler) drainNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *
 		case !ready:
 			return nodeStep{waiting: "the " + target + " ztunnel to be Ready"}, nil
 		case node.Spec.Unschedulable && !n.WasCordoned:
-			return nodeStep{waiting: "uncordon"}, r.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": nil}})
+			return nodeStep{waiting: "uncordon"}, d.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": nil}})
 		}
 		return nodeStep{done: true}, nil
 	}
 	if !node.Spec.Unschedulable {
-		return nodeStep{waiting: "cordon"}, r.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": true}})
+		return nodeStep{waiting: "cordon"}, d.patchNode(ctx, n.Name, map[string]any{"spec": map[string]any{"unschedulable": true}})
 	}
 	if pods := w.ambient[n.Name]; len(pods) > 0 {
-		return nodeStep{waiting: fmt.Sprintf("%d ambient pods to leave", len(pods))}, r.evict(ctx, pods)
+		return nodeStep{waiting: fmt.Sprintf("%d ambient pods to leave", len(pods))}, d.Evict(ctx, pods)
 	}
 	n.Revision = target
-	return nodeStep{waiting: "relabel"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target}))
+	return nodeStep{waiting: "relabel"}, d.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target}))
 }
 
 // handoffNode: set the transitional label so the target ztunnel starts beside the
 // current one, wait until it is Ready (and, when agents report, listening in every
 // ambient pod), then flip the node label and drop the transitional one in a single
 // write, so the old ztunnel leaves only once the new one serves.
-func (r *Reconciler) handoffNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
-	key, hkey := nodeLabel(&u.Spec), u.Spec.Ztunnel.HandoffLabel
+func (d *Driver) handoffNode(ctx context.Context, u *ztv1.RevisionUpgrade, w *world, n *ztv1.NodeStatus, node *corev1.Node, target string) (nodeStep, error) {
+	key, hkey := u.Spec.NodeLabelOrDefault(), u.Spec.Ztunnel.HandoffLabel
 	ready, others := w.ztunnelState(n.Name, target)
 	if node.Labels[key] == target {
 		n.Revision = target
 		if _, ok := node.Labels[hkey]; ok {
-			return nodeStep{waiting: "the handoff label to go"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: nil}))
+			return nodeStep{waiting: "the handoff label to go"}, d.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: nil}))
 		}
 		switch {
 		case others > 0:
@@ -289,23 +238,23 @@ func (r *Reconciler) handoffNode(ctx context.Context, u *ztv1.RevisionUpgrade, w
 		return nodeStep{done: true}, nil
 	}
 	if node.Labels[hkey] != target {
-		return nodeStep{waiting: "the handoff label"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: target}))
+		return nodeStep{waiting: "the handoff label"}, d.patchNode(ctx, n.Name, labelPatch(map[string]any{hkey: target}))
 	}
 	if !ready {
 		return nodeStep{waiting: "the " + target + " ztunnel to start beside the old one"}, nil
 	}
-	if !r.captureAgrees(u, w, n.Name, target) {
+	if !d.captureAgrees(u, w, n.Name, target) {
 		return nodeStep{waiting: "the agent to see the " + target + " ztunnel listening in every ambient pod"}, nil
 	}
 	n.Revision = target
-	return nodeStep{waiting: "relabel"}, r.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target, hkey: nil}))
+	return nodeStep{waiting: "relabel"}, d.patchNode(ctx, n.Name, labelPatch(map[string]any{key: target, hkey: nil}))
 }
 
 // captureAgrees is the handoff's agent check before the node label flips: the node's
 // NodeCapture must show target listening in every ambient pod (alone or beside the
 // old ztunnel). With agent verification Optional a missing report agrees; Disabled
 // always agrees. After the flip, the Verifying stage judges the final capture.
-func (r *Reconciler) captureAgrees(u *ztv1.RevisionUpgrade, w *world, node, target string) bool {
+func (d *Driver) captureAgrees(u *ztv1.RevisionUpgrade, w *world, node, target string) bool {
 	mode := u.Spec.Analysis.AgentVerification
 	if mode == ztv1.AgentVerificationDisabled {
 		return true
@@ -329,63 +278,30 @@ func labelPatch(labels map[string]any) map[string]any {
 	return map[string]any{"metadata": map[string]any{"labels": labels}}
 }
 
-func (r *Reconciler) patchNode(ctx context.Context, name string, patch map[string]any) error {
+func (d *Driver) patchNode(ctx context.Context, name string, patch map[string]any) error {
 	b, err := json.Marshal(patch)
 	if err != nil {
 		return err
 	}
-	countWrite("node")
+	drive.CountWrite("node")
 	// The answer is asked for as metadata only: a pass reads nodes from the cache,
 	// never from this reply, and a node's status is most of its size.
 	node := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}, ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if err := r.Client.Patch(ctx, node, client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
+	if err := d.Client.Patch(ctx, node, client.RawPatch(types.MergePatchType, b), client.FieldOwner(FieldManager)); err != nil {
 		return fmt.Errorf("patch node %s: %w", name, err)
 	}
 	return nil
 }
 
-// evict asks the Eviction API to remove pods, at most r.MaxEvictions per pass; a
-// PodDisruptionBudget that forbids one now (429) is not an error: the next pass
-// tries again.
-func (r *Reconciler) evict(ctx context.Context, pods []*corev1.Pod) error {
-	sent := 0
-	for _, p := range pods {
-		if p.DeletionTimestamp != nil {
-			continue
-		}
-		if sent >= r.maxEvictions() {
-			break
-		}
-		sent++
-		countWrite("eviction")
-		err := r.Client.SubResource("eviction").Create(ctx, p, &policyv1.Eviction{
-			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
-		})
-		switch {
-		case err == nil, apierrors.IsNotFound(err), apierrors.IsTooManyRequests(err):
-		default:
-			return fmt.Errorf("evict pod %s/%s: %w", p.Namespace, p.Name, err)
-		}
-	}
-	return nil
-}
-
-func (r *Reconciler) maxEvictions() int {
-	if r.MaxEvictions > 0 {
-		return r.MaxEvictions
-	}
-	return 10
-}
-
 // workloadsReady reports whether every Deployment and StatefulSet of the namespaces
 // pinned to rev has all its replicas updated and available.
-func (r *Reconciler) workloadsReady(ctx context.Context, u *ztv1.RevisionUpgrade, rev string) (bool, string, error) {
+func (d *Driver) workloadsReady(ctx context.Context, u *ztv1.RevisionUpgrade, rev string) (bool, string, error) {
 	for _, wl := range u.Spec.Workloads {
 		if wl.Revision != rev {
 			continue
 		}
 		var deps appsv1.DeploymentList
-		if err := r.Client.List(ctx, &deps, client.InNamespace(wl.Namespace)); err != nil {
+		if err := d.Client.List(ctx, &deps, client.InNamespace(wl.Namespace)); err != nil {
 			return false, "", err
 		}
 		for _, d := range deps.Items {
@@ -398,7 +314,7 @@ func (r *Reconciler) workloadsReady(ctx context.Context, u *ztv1.RevisionUpgrade
 			}
 		}
 		var sts appsv1.StatefulSetList
-		if err := r.Client.List(ctx, &sts, client.InNamespace(wl.Namespace)); err != nil {
+		if err := d.Client.List(ctx, &sts, client.InNamespace(wl.Namespace)); err != nil {
 			return false, "", err
 		}
 		for _, s := range sts.Items {

@@ -1,4 +1,4 @@
-package orchestrator
+package sidecar
 
 import (
 	"context"
@@ -10,13 +10,14 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
 )
 
 // injectorWebhookSuffix ends the name of every webhook of Istio's sidecar injector
@@ -37,14 +38,14 @@ type injectorWebhook struct {
 }
 
 // injectorWebhooks lists the sidecar injector webhooks of the cluster.
-func (r *Reconciler) injectorWebhooks(ctx context.Context) ([]injectorWebhook, error) {
+func (d *Driver) injectorWebhooks(ctx context.Context) ([]injectorWebhook, error) {
 	var list admissionregistrationv1.MutatingWebhookConfigurationList
-	if err := r.Client.List(ctx, &list); err != nil {
+	if err := d.Client.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
 	}
 	var out []injectorWebhook
 	for _, cfg := range list.Items {
-		rev := cfg.Labels[revisionKey]
+		rev := cfg.Labels[mesh.RevisionKey]
 		if rev == "" {
 			continue
 		}
@@ -81,15 +82,15 @@ func relabelled(in map[string]string, to string) labels.Set {
 	for k, v := range in {
 		out[k] = v
 	}
-	delete(out, injectionLabel)
-	out[revisionKey] = to
+	delete(out, mesh.LabelInjection)
+	out[mesh.RevisionKey] = to
 	return out
 }
 
 // injectionLabels keeps the labels of a namespace that choose its injector.
 func injectionLabels(in map[string]string) map[string]string {
 	out := map[string]string{}
-	for _, k := range []string{injectionLabel, revisionKey} {
+	for _, k := range []string{mesh.LabelInjection, mesh.RevisionKey} {
 		if v, ok := in[k]; ok {
 			out[k] = v
 		}
@@ -99,22 +100,22 @@ func injectionLabels(in map[string]string) map[string]string {
 
 // resolveNamespaces lists the namespaces of a Sidecar upgrade: those the selector
 // picks, or by default those the from revision's injector enrols by label today.
-func (r *Reconciler) resolveNamespaces(ctx context.Context, u *ztv1.RevisionUpgrade, hooks []injectorWebhook) ([]corev1.Namespace, error) {
+func (d *Driver) resolveNamespaces(ctx context.Context, u *ztv1.RevisionUpgrade, hooks []injectorWebhook) ([]corev1.Namespace, error) {
 	var list corev1.NamespaceList
 	if u.Spec.NamespaceSelector != nil {
 		sel, err := metav1.LabelSelectorAsSelector(u.Spec.NamespaceSelector)
 		if err != nil {
-			return nil, refused(reasonInvalid, "spec.namespaceSelector: %v", err)
+			return nil, plan.Refused(ztv1.ReasonInvalidSpec, "spec.namespaceSelector: %v", err)
 		}
-		if err := r.Client.List(ctx, &list, client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		if err := d.Client.List(ctx, &list, client.MatchingLabelsSelector{Selector: sel}); err != nil {
 			return nil, fmt.Errorf("list namespaces in scope: %w", err)
 		}
 		if len(list.Items) == 0 {
-			return nil, refused("NoNamespaces", "spec.namespaceSelector: no namespace matches %s; nothing to upgrade", sel.String())
+			return nil, plan.Refused("NoNamespaces", "spec.namespaceSelector: no namespace matches %s; nothing to upgrade", sel.String())
 		}
 		return list.Items, nil
 	}
-	if err := r.Client.List(ctx, &list); err != nil {
+	if err := d.Client.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
 	}
 	var out []corev1.Namespace
@@ -127,7 +128,7 @@ func (r *Reconciler) resolveNamespaces(ctx context.Context, u *ztv1.RevisionUpgr
 		}
 	}
 	if len(out) == 0 {
-		return nil, refused("NoNamespaces", "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the %s injector, and there are none (labelled %s=%s, or %s=enabled where %s serves the default injection); label them, or set spec.namespaceSelector", u.Spec.From, revisionKey, u.Spec.From, injectionLabel, u.Spec.From)
+		return nil, plan.Refused("NoNamespaces", "spec.namespaceSelector: unset, so the scope is the namespaces enrolled in the %s injector, and there are none (labelled %s=%s, or %s=enabled where %s serves the default injection); label them, or set spec.namespaceSelector", u.Spec.From, mesh.RevisionKey, u.Spec.From, mesh.LabelInjection, u.Spec.From)
 	}
 	return out, nil
 }
@@ -136,23 +137,16 @@ func (r *Reconciler) resolveNamespaces(ctx context.Context, u *ztv1.RevisionUpgr
 // the namespaces over: istiod-<to> is Ready; both revisions have an injector; once
 // relabelled, every namespace is selected by a to webhook and by no webhook of
 // another revision. It returns the namespaces in scope.
-func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgrade) ([]corev1.Namespace, error) {
+func (d *Driver) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgrade) ([]corev1.Namespace, error) {
 	ns := u.Spec.Sidecar.IstiodNamespace
 	if ns == "" {
-		ns = "istio-system"
+		ns = ztv1.DefaultIstioNamespace
 	}
 	name := "istiod-" + u.Spec.To
-	var istiod appsv1.Deployment
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &istiod); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, refused("IstiodMissing", "spec.to: no istiod Deployment %s/%s: revision %s is not installed (helm install istiod-%s istio/istiod -n %s --set revision=%s)", ns, name, u.Spec.To, u.Spec.To, ns, u.Spec.To)
-		}
-		return nil, fmt.Errorf("get istiod %s/%s: %w", ns, name, err)
+	if _, err := d.AvailableIstiod(ctx, ns, u.Spec.To, fmt.Sprintf("spec.to: no istiod Deployment %s/%s: revision %s is not installed (helm install istiod-%s istio/istiod -n %s --set revision=%s)", ns, name, u.Spec.To, u.Spec.To, ns, u.Spec.To)); err != nil {
+		return nil, err
 	}
-	if !deploymentAvailable(&istiod) {
-		return nil, istiodNotReady(&istiod)
-	}
-	hooks, err := r.injectorWebhooks(ctx)
+	hooks, err := d.injectorWebhooks(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -161,16 +155,16 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 		{"spec.from", u.Spec.From, "rollback could not give pods their proxy back"},
 	} {
 		if !hasInjector(hooks, rev.rev) {
-			return nil, refused("InjectorMissing", "%s: no sidecar injector of revision %s (a MutatingWebhookConfiguration labelled %s=%s with *.%s webhooks): %s", rev.field, rev.rev, revisionKey, rev.rev, injectorWebhookSuffix, rev.why)
+			return nil, plan.Refused("InjectorMissing", "%s: no sidecar injector of revision %s (a MutatingWebhookConfiguration labelled %s=%s with *.%s webhooks): %s", rev.field, rev.rev, mesh.RevisionKey, rev.rev, injectorWebhookSuffix, rev.why)
 		}
 	}
-	scope, err := r.resolveNamespaces(ctx, u, hooks)
+	scope, err := d.resolveNamespaces(ctx, u, hooks)
 	if err != nil {
 		return nil, err
 	}
 	for _, n := range scope {
-		if n.Labels[injectionLabel] == "disabled" {
-			return nil, refused("InjectionDisabled", "spec.namespaceSelector: namespace %s has %s=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector", n.Name, injectionLabel)
+		if n.Labels[mesh.LabelInjection] == "disabled" {
+			return nil, plan.Refused("InjectionDisabled", "spec.namespaceSelector: namespace %s has %s=disabled: its pods get no sidecar today and moving it would inject them; leave it out of spec.namespaceSelector", n.Name, mesh.LabelInjection)
 		}
 		after := relabelled(n.Labels, u.Spec.To)
 		var mine, others []string
@@ -185,10 +179,10 @@ func (r *Reconciler) preflightSidecar(ctx context.Context, u *ztv1.RevisionUpgra
 			}
 		}
 		if len(mine) == 0 {
-			return nil, refused("InjectorSelectorMismatch", "spec.to: namespace %s, relabelled %s=%s without %s, would not be selected by any webhook of the %s injector (%s): its pods would get no proxy; make one of its webhooks select %s=%s, or leave the namespace out of spec.namespaceSelector", n.Name, revisionKey, u.Spec.To, injectionLabel, u.Spec.To, strings.Join(injectorConfigs(hooks, u.Spec.To), ", "), revisionKey, u.Spec.To)
+			return nil, plan.Refused("InjectorSelectorMismatch", "spec.to: namespace %s, relabelled %s=%s without %s, would not be selected by any webhook of the %s injector (%s): its pods would get no proxy; make one of its webhooks select %s=%s, or leave the namespace out of spec.namespaceSelector", n.Name, mesh.RevisionKey, u.Spec.To, mesh.LabelInjection, u.Spec.To, strings.Join(injectorConfigs(hooks, u.Spec.To), ", "), mesh.RevisionKey, u.Spec.To)
 		}
 		if len(others) > 0 {
-			return nil, refused("InjectorConflict", "spec.to: namespace %s, relabelled %s=%s, would also be selected by %s: two injectors would mutate its pods; fix that webhook's namespaceSelector", n.Name, revisionKey, u.Spec.To, strings.Join(others, ", "))
+			return nil, plan.Refused("InjectorConflict", "spec.to: namespace %s, relabelled %s=%s, would also be selected by %s: two injectors would mutate its pods; fix that webhook's namespaceSelector", n.Name, mesh.RevisionKey, u.Spec.To, strings.Join(others, ", "))
 		}
 	}
 	return scope, nil
@@ -216,9 +210,9 @@ func injectorConfigs(hooks []injectorWebhook, rev string) []string {
 // gatewayInventory finds the gateway proxies of the cluster (pods injected with a
 // gateway template, or labelled as Istio gateways) and the revision each runs, so
 // the upgrade says which gateways move with their namespace and which it leaves.
-func (r *Reconciler) gatewayInventory(ctx context.Context, inScope map[string]bool) ([]ztv1.GatewayStatus, error) {
+func (d *Driver) gatewayInventory(ctx context.Context, inScope map[string]bool) ([]ztv1.GatewayStatus, error) {
 	var pods corev1.PodList
-	if err := r.Client.List(ctx, &pods); err != nil {
+	if err := d.Client.List(ctx, &pods); err != nil {
 		return nil, fmt.Errorf("list pods for the gateway inventory: %w", err)
 	}
 	type key struct{ ns, name string }
@@ -226,7 +220,7 @@ func (r *Reconciler) gatewayInventory(ctx context.Context, inScope map[string]bo
 	revs := map[key]map[string]bool{}
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.DeletionTimestamp != nil || podFinished(p) || !isGatewayPod(p) {
+		if p.DeletionTimestamp != nil || mesh.Finished(p) || !mesh.GatewayPod(p) {
 			continue
 		}
 		k := key{p.Namespace, workloadName(p)}
@@ -237,9 +231,9 @@ func (r *Reconciler) gatewayInventory(ctx context.Context, inScope map[string]bo
 			revs[k] = map[string]bool{}
 		}
 		g.Pods++
-		rev := proxyRevision(p)
+		rev := mesh.ProxyRevision(p)
 		if rev == "" {
-			rev = p.Labels[revisionKey]
+			rev = p.Labels[mesh.RevisionKey]
 		}
 		if rev == "" {
 			rev = "unknown"
@@ -264,20 +258,6 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// isGatewayPod recognises Istio gateway proxies: injected with the gateway template
-// (inject.istio.io/templates), labelled istio=ingressgateway/egressgateway as the
-// gateway chart does, or deployed by Istio for a Gateway API Gateway.
-func isGatewayPod(p *corev1.Pod) bool {
-	if strings.Contains(p.Annotations["inject.istio.io/templates"], "gateway") {
-		return true
-	}
-	if v := p.Labels["istio"]; strings.HasSuffix(v, "gateway") {
-		return true
-	}
-	_, managed := p.Labels["gateway.istio.io/managed"]
-	return managed
 }
 
 // workloadName names a pod's workload: its controller, less the ReplicaSet's

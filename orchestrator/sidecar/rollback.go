@@ -1,31 +1,34 @@
-package orchestrator
+package sidecar
 
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
+	"github.com/ztcanary/ztcanary/orchestrator/drive"
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
 )
 
-// rollbackSidecar returns every namespace that left the from revision: its
-// injection labels exactly as recorded, then its workloads restarted back (the
-// restart annotation written back as it was, so a Deployment returns to its former
+// RollbackStage is the one stage of a rollback: the namespaces.
+func (d *Driver) RollbackStage() ztv1.Stage { return ztv1.StageRestoringNamespaces }
+
+// Rollback returns every namespace that left the from revision: its injection
+// labels exactly as recorded, then its workloads restarted back (the restart
+// annotation written back as it was, so a Deployment returns to its former
 // ReplicaSet), a bounded number at a time, until no pod carries the to proxy.
 // Namespaces roll back side by side.
-func (r *Reconciler) rollbackSidecar(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade) (ctrl.Result, error) {
-	if u.Status.StepStage != StageRestoringNamespaces {
-		// Rollback started by the shared path (StageRestoreRoute): no route here.
-		r.setStage(u, StageRestoringNamespaces)
-		return ctrl.Result{}, nil
+func (d *Driver) Rollback(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Result, bool, error) {
+	if u.Status.StepStage != ztv1.StageRestoringNamespaces {
+		// A rollback begun by an older orchestrator at its first Ambient stage.
+		d.SetStage(u, ztv1.StageRestoringNamespaces)
+		return ctrl.Result{}, false, nil
 	}
 	var waiting []string
 	for j := range u.Status.Namespaces {
@@ -33,56 +36,47 @@ func (r *Reconciler) rollbackSidecar(ctx context.Context, log *zap.Logger, u *zt
 		if n.Phase != ztv1.NodeMoving && n.Phase != ztv1.NodeCanary {
 			continue
 		}
-		done, msg, err := r.restoreNamespace(ctx, log, u, n)
+		done, msg, err := d.restoreNamespace(ctx, u, n)
 		if err != nil {
-			return ctrl.Result{}, err
+			return ctrl.Result{}, false, err
 		}
 		if !done {
 			waiting = append(waiting, n.Name+": "+msg)
 			continue
 		}
 		n.Phase, n.Verified = ztv1.NodeRestored, false
-		r.Recorder.Eventf(u, eventNormal, "NamespaceRestored", "namespace %s: labels restored, workloads back off the %s proxy", n.Name, u.Spec.To)
-		log.Info("namespace restored", zap.String("namespace", n.Name), zap.String("revision", u.Spec.From))
+		d.Recorder.Eventf(u, drive.EventNormal, "NamespaceRestored", "namespace %s: labels restored, workloads back off the %s proxy", n.Name, u.Spec.To)
+		d.Log.Info("namespace restored", zap.String("upgrade", u.Name), zap.String("namespace", n.Name), zap.String("revision", u.Spec.From))
 	}
-	u.Status.CanaryNamespaces = countCanaryNamespaces(u)
+	u.Status.CanaryNamespaces = plan.CountCanaryNamespaces(u.Status.Namespaces)
 	if len(waiting) > 0 {
-		u.Status.Message = "rolling back; waiting for " + summarize(waiting)
-		return ctrl.Result{RequeueAfter: defaultRequeue}, nil
+		u.Status.Message = "rolling back; waiting for " + drive.Summarize(waiting)
+		return ctrl.Result{RequeueAfter: drive.Requeue}, false, nil
 	}
-	cond := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionRolledBack)
-	why := "rolled back"
-	if cond != nil {
-		why = "rolled back: " + strings.TrimPrefix(cond.Message, "rolling back: ")
-	}
-	setCondition(u, ztv1.ConditionRolledBack, metav1.ConditionTrue, "RolledBack", why)
-	r.setPhase(u, ztv1.PhaseRolledBack)
-	r.setStage(u, "Done")
-	u.Status.Message = why
-	return ctrl.Result{}, nil
+	return ctrl.Result{}, true, nil
 }
 
 // restoreNamespace takes one namespace one action further back.
-func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus) (bool, string, error) {
+func (d *Driver) restoreNamespace(ctx context.Context, u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus) (bool, string, error) {
 	var ns corev1.Namespace
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: n.Name}, &ns); err != nil {
+	if err := d.Client.Get(ctx, client.ObjectKey{Name: n.Name}, &ns); err != nil {
 		if apierrors.IsNotFound(err) {
 			return true, "", nil // gone: nothing to restore
 		}
 		return false, "", fmt.Errorf("get namespace %s: %w", n.Name, err)
 	}
 	want := map[string]*string{}
-	for _, k := range []string{injectionLabel, revisionKey} {
+	for _, k := range []string{mesh.LabelInjection, mesh.RevisionKey} {
 		if v, ok := n.OriginalLabels[k]; ok {
 			want[k] = &v
 		} else {
 			want[k] = nil
 		}
 	}
-	if err := r.setNamespaceLabels(ctx, &ns, want); err != nil {
+	if err := d.setNamespaceLabels(ctx, &ns, want); err != nil {
 		return false, "", err
 	}
-	ws, err := r.namespaceWorkloads(ctx, n.Name)
+	ws, err := d.namespaceWorkloads(ctx, n.Name)
 	if err != nil {
 		return false, "", err
 	}
@@ -93,7 +87,7 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 	// Pods must leave the to proxy, unless the namespace's own labels chose the to
 	// revision before the upgrade (then only the templates go back).
 	avoid := u.Spec.To
-	if _, injected := n.OriginalLabels[injectionLabel]; !injected && n.OriginalLabels[revisionKey] == u.Spec.To {
+	if _, injected := n.OriginalLabels[mesh.LabelInjection]; !injected && n.OriginalLabels[mesh.RevisionKey] == u.Spec.To {
 		avoid = ""
 	}
 	forward := restartValue(u, u.Spec.To)
@@ -126,7 +120,7 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 			todo = append(todo, pending{w, target})
 		default:
 			inFlight++
-			if err := r.replaceOnDelete(ctx, w, target); err != nil {
+			if err := d.replaceOnDelete(ctx, w, target); err != nil {
 				return false, "", err
 			}
 			waiting = append(waiting, msg)
@@ -137,22 +131,22 @@ func (r *Reconciler) restoreNamespace(ctx context.Context, log *zap.Logger, u *z
 			waiting = append(waiting, p.w.key()+": queued")
 			continue
 		}
-		if err := r.setRestart(ctx, p.w, p.target); err != nil {
+		if err := d.setRestart(ctx, p.w, p.target); err != nil {
 			return false, "", err
 		}
 		inFlight++
-		log.Info("workload restarted back", zap.String("namespace", n.Name), zap.String("workload", p.w.key()), zap.String("revision", u.Spec.From))
+		d.Log.Info("workload restarted back", zap.String("upgrade", u.Name), zap.String("namespace", n.Name), zap.String("workload", p.w.key()), zap.String("revision", u.Spec.From))
 		waiting = append(waiting, p.w.key()+": restarting back")
 	}
 	if len(waiting) > 0 {
-		return false, summarize(waiting), nil
+		return false, drive.Summarize(waiting), nil
 	}
 	return true, "", nil
 }
 
 func hasProxy(w *sidecarWorkload, rev string) bool {
 	for _, p := range w.pods {
-		if proxyRevision(p) == rev {
+		if mesh.ProxyRevision(p) == rev {
 			return true
 		}
 	}
