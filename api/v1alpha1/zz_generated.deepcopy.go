@@ -108,6 +108,10 @@ func (in *NamespaceStatus) DeepCopyInto(out *NamespaceStatus) {
 			(*out)[key] = val
 		}
 	}
+	if in.StartedAt != nil {
+		in, out := &in.StartedAt, &out.StartedAt
+		*out = (*in).DeepCopy()
+	}
 	if in.Workloads != nil {
 		in, out := &in.Workloads, &out.Workloads
 		*out = make([]RestartRecord, len(*in))
@@ -472,6 +476,10 @@ func (in *RevisionUpgradeStatus) DeepCopyInto(out *RevisionUpgradeStatus) {
 	*out = *in
 	if in.StepStartedAt != nil {
 		in, out := &in.StepStartedAt, &out.StepStartedAt
+		*out = (*in).DeepCopy()
+	}
+	if in.StageStartedAt != nil {
+		in, out := &in.StageStartedAt, &out.StageStartedAt
 		*out = (*in).DeepCopy()
 	}
 	if in.TrafficStep != nil {
