@@ -1,6 +1,10 @@
 package agent
 
-import "time"
+import (
+	"time"
+
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+)
 
 // Options configure the agent daemon.
 type Options struct {
@@ -26,7 +30,7 @@ type Options struct {
 // WithDefaults fills the zero fields.
 func (o Options) WithDefaults() Options {
 	if o.ZtunnelNamespace == "" {
-		o.ZtunnelNamespace = "istio-system"
+		o.ZtunnelNamespace = ztv1.DefaultIstioNamespace
 	}
 	if o.NodeLabel == "" {
 		o.NodeLabel = LabelRevision

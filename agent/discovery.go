@@ -8,12 +8,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
-// LabelRevision is the default node label that pins revisions (istio.io/rev, Istio's
-// revision key: mesh.RevisionKey).
-const LabelRevision = mesh.RevisionKey
+// LabelRevision is the default node label that pins revisions (the API's
+// DefaultNodeLabel, istio.io/rev).
+const LabelRevision = ztv1.DefaultNodeLabel
 
 // ZtunnelPod is a ztunnel pod running on the agent's node.
 type ZtunnelPod struct {

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
@@ -89,7 +90,7 @@ enrolled by istio.io/dataplane-mode=ambient, istio.io/rev or istio-injection
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&nodeLabel, "node-label", mesh.RevisionKey, "node label key that pins revisions")
+	cmd.Flags().StringVar(&nodeLabel, "node-label", ztv1.DefaultNodeLabel, "node label key that pins revisions")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "json: print the inventory as JSON")
 	return cmd
 }

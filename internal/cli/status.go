@@ -17,7 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
-	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // ErrTimeout: --watch gave up before the upgrade ended (the upgrade goes on).
@@ -62,7 +61,7 @@ func (o *watchOptions) status(ctx context.Context, env *Env, name string, out io
 		if u == nil {
 			fmt.Fprintln(out, "No RevisionUpgrade yet: plan one with ztcanary plan, start it with ztcanary start.")
 			fmt.Fprintln(out)
-			inv, err := readInventory(ctx, cl.Client, mesh.RevisionKey)
+			inv, err := readInventory(ctx, cl.Client, ztv1.DefaultNodeLabel)
 			if err != nil {
 				return err
 			}
