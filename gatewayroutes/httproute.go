@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -191,8 +192,10 @@ func (r *HTTPRouteRouter) Promote(ctx context.Context) error {
 	})
 }
 
-// Drift compares the split ztcanary last set (want) with the route, and names the
-// field managers other than ztcanary that wrote spec.rules after ztcanary did.
+// Drift compares the split ztcanary last set (want) with the route and, when they
+// differ, names the field managers other than ztcanary that own spec.rules ("changed
+// by kustomize-controller (Apply)"), so the person reading the upgrade's condition
+// knows whom to ask.
 func (r *HTTPRouteRouter) Drift(ctx context.Context, want Split) ([]string, error) {
 	route, err := r.get(ctx)
 	if err != nil {
@@ -205,7 +208,7 @@ func (r *HTTPRouteRouter) Drift(ctx context.Context, want Split) ([]string, erro
 	d := DetectDrift(want, got)
 	if len(d) > 0 {
 		if w := lastWriters(route.ManagedFields); len(w) > 0 {
-			d = append(d, fmt.Sprintf("spec.rules last written by %v", w))
+			d = append(d, "changed by "+strings.Join(w, ", "))
 		}
 	}
 	return d, nil

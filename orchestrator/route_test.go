@@ -3,6 +3,7 @@ package orchestrator_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -187,7 +188,8 @@ func TestRouteShiftsHoldsOnDriftAndRestoresExactlyOnAbort(t *testing.T) {
 	}
 	e.eventually("the drift to be reported", 30*time.Second, func() (bool, string) {
 		c := meta.FindStatusCondition(e.upgrade("routed").Status.Conditions, ztv1.ConditionPaused)
-		return c != nil && c.Reason == "RouteDrift" && strings.Contains(c.Message, "canary weight is 0, ztcanary set 50"), ""
+		return c != nil && c.Reason == ztv1.ReasonRouteDrift && strings.Contains(c.Message, "canary weight is 0, ztcanary set 50") &&
+			strings.Contains(c.Message, "changed by gitops (Update)"), fmt.Sprint(c)
 	})
 	// ztcanary does not fight: a promote does not move on while the drift lasts.
 	e.annotate("routed", ztv1.AnnotationPromote, "2")

@@ -30,12 +30,6 @@ import (
 // RouterFactory builds the Router of an upgrade's route.
 type RouterFactory func(u *ztv1.RevisionUpgrade) (gatewayroutes.Router, error)
 
-// HTTPRouteRouters returns a RouterFactory for Gateway API HTTPRoutes only: it
-// refuses VirtualService routes.
-func HTTPRouteRouters(kube kubernetes.Interface, gw gatewayclient.Interface) RouterFactory {
-	return Routers(kube, gw, nil)
-}
-
 // Routers returns a RouterFactory for Gateway API HTTPRoutes and, with an Istio
 // client, Istio VirtualServices (weights between two DestinationRule subsets).
 func Routers(kube kubernetes.Interface, gw gatewayclient.Interface, istio istioclient.Interface) RouterFactory {
@@ -142,11 +136,25 @@ func (d *Driver) routeDrift(ctx context.Context, u *ztv1.RevisionUpgrade) ([]str
 	if err != nil {
 		return nil, err
 	}
+	want := plan.DesiredSplit(&u.Spec, int(*u.Status.TrafficStep))
+	if dr, ok := router.(drifter); ok {
+		d, err := dr.Drift(ctx, want)
+		if err != nil {
+			return []string{err.Error()}, nil
+		}
+		return d, nil
+	}
 	got, err := router.GetRoutes(ctx)
 	if err != nil {
 		return []string{err.Error()}, nil
 	}
-	return gatewayroutes.DetectDrift(plan.DesiredSplit(&u.Spec, int(*u.Status.TrafficStep)), got), nil
+	return gatewayroutes.DetectDrift(want, got), nil
+}
+
+// drifter is a Router that can also name who changed the route (HTTPRouteRouter:
+// the field managers of spec.rules).
+type drifter interface {
+	Drift(ctx context.Context, want gatewayroutes.Split) ([]string, error)
 }
 
 // applyTraffic sets the route to what the steps up to step i ask for and records
