@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -188,25 +189,49 @@ const (
 // revision, gates and conditions. now only dates ages, so a fixed clock gives a
 // fixed drawing.
 func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
+	sc := scopeOf(u)
+	fmt.Fprintf(w, "RevisionUpgrade %s: %s → %s (%s), %d %s in scope\n", u.Name, u.Spec.From, u.Spec.To, sc.mode, sc.total, sc.kind)
+	renderProgress(w, u, sc, now)
+	renderSteps(w, u, sc)
+	if len(u.Status.Nodes) > 0 && u.Spec.Mode != ztv1.ModeSidecar {
+		renderNodes(w, u.Status.Nodes)
+	}
+	renderGateways(w, u.Status.Gateways)
+	fmt.Fprintf(w, "Gates:     %s\n", gates(&withDefaults(u).Spec))
+	renderConditions(w, u.Status.Conditions, now)
+}
+
+// statusScope is what an upgrade moves, for the status page: nodes or namespaces,
+// how many, how many moved, and the strategy (or Sidecar).
+type statusScope struct {
+	kind          string
+	total, canary int
+	mode          string
+}
+
+func scopeOf(u *ztv1.RevisionUpgrade) statusScope {
 	s, st := &u.Spec, &u.Status
-	sidecar := s.Mode == ztv1.ModeSidecar
-	kind, total, canary := "nodes", int(st.TotalNodes), int(st.CanaryNodes)
-	if total == 0 {
-		total = len(st.Nodes)
-	}
-	mode := string(s.NodeStrategy)
-	if mode == "" {
-		mode = string(ztv1.NodeStrategyDrain)
-	}
-	if sidecar {
-		kind, total, canary, mode = "namespaces", int(st.TotalNamespaces), int(st.CanaryNamespaces), "Sidecar"
-		if total == 0 {
-			total = len(st.Namespaces)
+	if s.Mode == ztv1.ModeSidecar {
+		sc := statusScope{kind: "namespaces", total: int(st.TotalNamespaces), canary: int(st.CanaryNamespaces), mode: "Sidecar"}
+		if sc.total == 0 {
+			sc.total = len(st.Namespaces)
 		}
+		return sc
 	}
-	fmt.Fprintf(w, "RevisionUpgrade %s: %s → %s (%s), %d %s in scope\n", u.Name, s.From, s.To, mode, total, kind)
-	phase := phaseOf(u)
-	line := fmt.Sprintf("%s · step %d of steps 0-%d", phase, st.CurrentStep, len(s.Steps)-1)
+	sc := statusScope{kind: "nodes", total: int(st.TotalNodes), canary: int(st.CanaryNodes), mode: string(s.NodeStrategy)}
+	if sc.total == 0 {
+		sc.total = len(st.Nodes)
+	}
+	if sc.mode == "" {
+		sc.mode = string(ztv1.NodeStrategyDrain)
+	}
+	return sc
+}
+
+// renderProgress writes the phase, the progress bar, the message and the next action.
+func renderProgress(w io.Writer, u *ztv1.RevisionUpgrade, sc statusScope, now time.Time) {
+	s, st := &u.Spec, &u.Status
+	line := fmt.Sprintf("%s · step %d of steps 0-%d", phaseOf(u), st.CurrentStep, len(s.Steps)-1)
 	if st.StepStage != "" && st.StepStage != ztv1.StageDone {
 		line += " · " + string(st.StepStage)
 		if since := st.StageStart(); since != nil {
@@ -214,14 +239,14 @@ func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
 		}
 	}
 	fmt.Fprintf(w, "Phase:     %s\n", line)
-	if total == 0 {
+	if sc.total == 0 {
 		fmt.Fprintln(w, "Progress:  not started: the scope is resolved when preflight passes")
 	} else {
 		weight := ""
 		if s.Route != nil {
 			weight = fmt.Sprintf(" · canary weight %d%%", st.TrafficWeight)
 		}
-		fmt.Fprintf(w, "Progress:  %s %d/%d %s on %s%s\n", bar(canary, total, 20), canary, total, kind, s.To, weight)
+		fmt.Fprintf(w, "Progress:  %s %d/%d %s on %s%s\n", bar(sc.canary, sc.total, 20), sc.canary, sc.total, sc.kind, s.To, weight)
 	}
 	if st.Message != "" {
 		fmt.Fprintf(w, "Message:   %s\n", st.Message)
@@ -229,16 +254,19 @@ func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
 	if next := nextAction(u); next != "" {
 		fmt.Fprintf(w, "Next:      %s\n", next)
 	}
+}
+
+// renderSteps writes the tree of steps with the nodes (namespaces) under each.
+func renderSteps(w io.Writer, u *ztv1.RevisionUpgrade, sc statusScope) {
 	fmt.Fprintln(w, "Steps:")
 	items := stepItems(u)
 	width := 0
 	for _, it := range items {
 		width = max(width, len(it.name))
 	}
-	for i, step := range s.Steps {
-		last := i == len(s.Steps)-1
+	for i, step := range u.Spec.Steps {
 		branch, indent := "├─", "│  "
-		if last {
+		if i == len(u.Spec.Steps)-1 {
 			branch, indent = "└─", "   "
 		}
 		mark, note := stepMark(u, i)
@@ -263,50 +291,61 @@ func renderStatus(w io.Writer, u *ztv1.RevisionUpgrade, now time.Time) {
 			unassigned++
 		}
 	}
-	if unassigned > 0 && !phase.Terminal() && phase != ztv1.PhaseRollingBack {
-		fmt.Fprintf(w, "   (%d %s not assigned yet: each step picks its %s when it starts)\n", unassigned, kind, kind)
+	if phase := phaseOf(u); unassigned > 0 && !phase.Terminal() && phase != ztv1.PhaseRollingBack {
+		fmt.Fprintf(w, "   (%d %s not assigned yet: each step picks its %s when it starts)\n", unassigned, sc.kind, sc.kind)
 	}
-	if len(st.Nodes) > 0 && !sidecar {
-		fmt.Fprintln(w, "Nodes:")
-		byRev := map[string][]string{}
-		for _, n := range st.Nodes {
-			rev := n.Revision
-			if rev == "" {
-				rev = "(unlabelled)"
-			}
-			byRev[rev] = append(byRev[rev], n.Name)
+}
+
+// renderNodes lists the nodes in scope by the revision they run.
+func renderNodes(w io.Writer, nodes []ztv1.NodeStatus) {
+	fmt.Fprintln(w, "Nodes:")
+	byRev := map[string][]string{}
+	for _, n := range nodes {
+		rev := n.Revision
+		if rev == "" {
+			rev = "(unlabelled)"
 		}
-		revs := make([]string, 0, len(byRev))
-		for r := range byRev {
-			revs = append(revs, r)
-		}
-		sort.Strings(revs)
-		for _, r := range revs {
-			fmt.Fprintf(w, "  %-10s %2d  %s\n", r, len(byRev[r]), strings.Join(byRev[r], ", "))
-		}
+		byRev[rev] = append(byRev[rev], n.Name)
 	}
-	if len(st.Gateways) > 0 {
-		fmt.Fprintln(w, "Gateways:")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		for _, g := range st.Gateways {
-			moves := "stays on its revision"
-			if g.InScope {
-				moves = "moves with its namespace"
-			}
-			fmt.Fprintf(tw, "  %s/%s\t%s\t%d pods\t%s\n", g.Namespace, g.Name, g.Revision, g.Pods, moves)
-		}
-		_ = tw.Flush()
+	revs := make([]string, 0, len(byRev))
+	for r := range byRev {
+		revs = append(revs, r)
 	}
-	fmt.Fprintf(w, "Gates:     %s\n", gates(&withDefaults(u).Spec))
-	if len(st.Conditions) > 0 {
-		fmt.Fprintln(w, "Conditions:")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  TYPE\tSTATUS\tREASON\tAGE\tMESSAGE")
-		for _, c := range st.Conditions {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, c.Reason, duration.HumanDuration(now.Sub(c.LastTransitionTime.Time)), c.Message)
-		}
-		_ = tw.Flush()
+	sort.Strings(revs)
+	for _, r := range revs {
+		fmt.Fprintf(w, "  %-10s %2d  %s\n", r, len(byRev[r]), strings.Join(byRev[r], ", "))
 	}
+}
+
+// renderGateways lists the gateway proxies a Sidecar upgrade found.
+func renderGateways(w io.Writer, gws []ztv1.GatewayStatus) {
+	if len(gws) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Gateways:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, g := range gws {
+		moves := "stays on its revision"
+		if g.InScope {
+			moves = "moves with its namespace"
+		}
+		fmt.Fprintf(tw, "  %s/%s\t%s\t%d pods\t%s\n", g.Namespace, g.Name, g.Revision, g.Pods, moves)
+	}
+	_ = tw.Flush()
+}
+
+// renderConditions writes the conditions as a table.
+func renderConditions(w io.Writer, conds []metav1.Condition, now time.Time) {
+	if len(conds) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Conditions:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TYPE\tSTATUS\tREASON\tAGE\tMESSAGE")
+	for _, c := range conds {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, c.Reason, duration.HumanDuration(now.Sub(c.LastTransitionTime.Time)), c.Message)
+	}
+	_ = tw.Flush()
 }
 
 // stepItem is a node or a namespace under its step in the tree.

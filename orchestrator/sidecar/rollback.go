@@ -56,7 +56,8 @@ func (d *Driver) Rollback(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Re
 	return ctrl.Result{}, true, nil
 }
 
-// restoreNamespace takes one namespace one action further back.
+// restoreNamespace takes one namespace one action further back: its labels as
+// recorded, then its workloads restarted back.
 func (d *Driver) restoreNamespace(ctx context.Context, u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus) (bool, string, error) {
 	var ns corev1.Namespace
 	if err := d.Client.Get(ctx, client.ObjectKey{Name: n.Name}, &ns); err != nil {
@@ -80,68 +81,82 @@ func (d *Driver) restoreNamespace(ctx context.Context, u *ztv1.RevisionUpgrade, 
 	if err != nil {
 		return false, "", err
 	}
-	recorded := map[string]*ztv1.RestartRecord{}
-	for k := range n.Workloads {
-		recorded[n.Workloads[k].Kind+"/"+n.Workloads[k].Name] = &n.Workloads[k]
+	waiting, err := d.restartBack(ctx, u, n, ws)
+	if err != nil || len(waiting) > 0 {
+		return false, drive.Summarize(waiting), err
 	}
+	return true, "", nil
+}
+
+// restoreTarget is the restart annotation a workload's template goes back to.
+type restoreTarget struct {
+	w      *sidecarWorkload
+	target *string
+}
+
+// restartBack takes each workload of a restored namespace one action back, at most
+// maxRestarts in flight, and returns what is still awaited.
+func (d *Driver) restartBack(ctx context.Context, u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus, ws []*sidecarWorkload) ([]string, error) {
 	// Pods must leave the to proxy, unless the namespace's own labels chose the to
 	// revision before the upgrade (then only the templates go back).
 	avoid := u.Spec.To
 	if _, injected := n.OriginalLabels[mesh.LabelInjection]; !injected && n.OriginalLabels[mesh.RevisionKey] == u.Spec.To {
 		avoid = ""
 	}
-	forward := restartValue(u, u.Spec.To)
-	back := restartValue(u, u.Spec.From)
-	limit := maxRestarts(u)
-	type pending struct {
-		w      *sidecarWorkload
-		target *string
-	}
-	var todo []pending
-	inFlight := 0
+	var todo []restoreTarget
 	var waiting []string
-	for _, w := range ws {
-		// The value to write back: the recorded one; for a workload ztcanary did not
-		// restart but whose pods got the to proxy (created in the moved namespace), a
-		// restart back to from.
-		var target *string
-		if rec, ok := recorded[w.key()]; ok {
-			target = rec.Original
-		} else if sameValue(templateRestart(w.template), &forward) || sameValue(templateRestart(w.template), &back) || (avoid != "" && hasProxy(w, avoid)) {
-			target = &back
-		} else {
-			continue
-		}
-		state, msg := judgeBack(w, target, avoid)
+	inFlight := 0
+	for _, t := range restoreTargets(u, n, ws, avoid) {
+		state, msg := judgeBack(t.w, t.target, avoid)
 		switch state {
 		case restartDone:
-			continue
 		case restartNeeded:
-			todo = append(todo, pending{w, target})
+			todo = append(todo, t)
 		default:
 			inFlight++
-			if err := d.replaceOnDelete(ctx, w, target); err != nil {
-				return false, "", err
+			if err := d.replaceOnDelete(ctx, t.w, t.target); err != nil {
+				return nil, err
 			}
 			waiting = append(waiting, msg)
 		}
 	}
-	for _, p := range todo {
-		if inFlight >= limit {
-			waiting = append(waiting, p.w.key()+": queued")
+	for _, t := range todo {
+		if inFlight >= maxRestarts(u) {
+			waiting = append(waiting, t.w.key()+": queued")
 			continue
 		}
-		if err := d.setRestart(ctx, p.w, p.target); err != nil {
-			return false, "", err
+		if err := d.setRestart(ctx, t.w, t.target); err != nil {
+			return nil, err
 		}
 		inFlight++
-		d.Log.Info("workload restarted back", zap.String("upgrade", u.Name), zap.String("namespace", n.Name), zap.String("workload", p.w.key()), zap.String("revision", u.Spec.From))
-		waiting = append(waiting, p.w.key()+": restarting back")
+		d.Log.Info("workload restarted back", zap.String("upgrade", u.Name), zap.String("namespace", n.Name), zap.String("workload", t.w.key()), zap.String("revision", u.Spec.From))
+		waiting = append(waiting, t.w.key()+": restarting back")
 	}
-	if len(waiting) > 0 {
-		return false, drive.Summarize(waiting), nil
+	return waiting, nil
+}
+
+// restoreTargets says which workloads go back, and to what: a recorded one to its
+// recorded value; one ztcanary did not restart but whose pods got the to proxy
+// (created in the moved namespace), or whose template carries ztcanary's value, to
+// a restart back to from.
+func restoreTargets(u *ztv1.RevisionUpgrade, n *ztv1.NamespaceStatus, ws []*sidecarWorkload, avoid string) []restoreTarget {
+	recorded := map[string]*ztv1.RestartRecord{}
+	for k := range n.Workloads {
+		recorded[n.Workloads[k].Kind+"/"+n.Workloads[k].Name] = &n.Workloads[k]
 	}
-	return true, "", nil
+	forward := restartValue(u, u.Spec.To)
+	back := restartValue(u, u.Spec.From)
+	var out []restoreTarget
+	for _, w := range ws {
+		cur := templateRestart(w.template)
+		switch rec, ok := recorded[w.key()]; {
+		case ok:
+			out = append(out, restoreTarget{w, rec.Original})
+		case sameValue(cur, &forward) || sameValue(cur, &back) || (avoid != "" && hasProxy(w, avoid)):
+			out = append(out, restoreTarget{w, &back})
+		}
+	}
+	return out
 }
 
 func hasProxy(w *sidecarWorkload, rev string) bool {
