@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -30,7 +31,7 @@ type Agent struct {
 
 	resolver  NetnsResolver
 	view      NodeView
-	nodeUID   string
+	nodeUID   types.UID
 	attr      Attribution
 	pods      map[uint64]string // netns cookie -> namespace/name of ambient pods
 	scanned   map[uint64]bool
@@ -164,7 +165,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	var node corev1.Node
 	if err := a.c.Get(ctx, client.ObjectKey{Name: a.opts.Node}, &node); err == nil {
-		a.nodeUID = string(node.UID)
+		a.nodeUID = node.UID
 	}
 	ix, err := PodCgroups(a.opts.Cgroup2Root)
 	if err != nil {
@@ -269,7 +270,7 @@ func (a *Agent) write(ctx context.Context, st ztv1.NodeCaptureStatus) error {
 		if apierrors.IsNotFound(err) {
 			nc = ztv1.NodeCapture{ObjectMeta: metav1.ObjectMeta{Name: a.opts.Node}}
 			if a.nodeUID != "" {
-				nc.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: a.opts.Node, UID: typesUID(a.nodeUID)}}
+				nc.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: a.opts.Node, UID: a.nodeUID}}
 			}
 			if err := a.c.Create(ctx, &nc); err != nil && !apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("create NodeCapture %s: %w", a.opts.Node, err)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
 )
@@ -190,5 +189,3 @@ func sortedKeys(m map[string]bool) []string {
 	sort.Strings(out)
 	return out
 }
-
-func typesUID(s string) types.UID { return types.UID(s) }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simdataplane"
@@ -113,7 +114,7 @@ func lastLines(s string, n int) string {
 }
 
 // matches reports whether node's NodeCapture says Match for rev with every ambient
-// pod the API places there captured by rev alone.
+// pod the API places there (mesh.Ambient) captured by rev alone.
 func (w *agentWorld) matches(ctx context.Context, node, rev string) (bool, string) {
 	var nc ztv1.NodeCapture
 	if err := w.admin.Get(ctx, client.ObjectKey{Name: node}, &nc); err != nil {
@@ -123,13 +124,22 @@ func (w *agentWorld) matches(ctx context.Context, node, rev string) (bool, strin
 	if st.ObservedAt == nil || st.Verdict != ztv1.VerdictMatch || st.NodeRevision != rev {
 		return false, fmt.Sprintf("verdict %s, node revision %s: %s", st.Verdict, st.NodeRevision, st.Message)
 	}
+	var nss corev1.NamespaceList
+	if err := w.admin.List(ctx, &nss, client.MatchingLabels{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}); err != nil {
+		return false, err.Error()
+	}
+	nsLabels := map[string]map[string]string{}
+	for _, ns := range nss.Items {
+		nsLabels[ns.Name] = ns.Labels
+	}
 	var pods corev1.PodList
 	if err := w.admin.List(ctx, &pods, client.MatchingFields{"spec.nodeName": node}); err != nil {
 		return false, err.Error()
 	}
 	want := 0
-	for _, p := range pods.Items {
-		if (p.Namespace == seed.AppNamespace(fromRev) || p.Namespace == seed.AppNamespace(toRev)) && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if !mesh.IsZtunnelPod(seed.IstioNamespace, p) && mesh.Ambient(nsLabels[p.Namespace], p) {
 			want++
 		}
 	}

@@ -13,12 +13,13 @@ import (
 	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istioapplyv1 "istio.io/client-go/pkg/applyconfiguration/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // VirtualServiceRouter shifts traffic between two subsets of one host with an Istio
@@ -356,23 +357,11 @@ func (r *VirtualServiceRouter) checkSubsetReady(ctx context.Context, role string
 		return fmt.Errorf("list pods of subset %s: %w", subset.GetName(), err)
 	}
 	for i := range pods.Items {
-		if podReady(&pods.Items[i]) {
+		if mesh.Serving(&pods.Items[i]) {
 			return nil
 		}
 	}
 	return fmt.Errorf("%w: %s subset %q of service %s/%s has no ready endpoint (no ready pod labelled %s)", ErrBackend, role, subset.GetName(), r.Service.Namespace, r.Service.Name, sel)
-}
-
-func podReady(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func (r *VirtualServiceRouter) update(ctx context.Context, routes func(*istionetworkingv1.VirtualService) ([]*networkingv1alpha3.HTTPRoute, error)) error {

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/ztcanary/ztcanary/internal/mesh"
 	"github.com/ztcanary/ztcanary/kind/seed"
 )
 
@@ -28,7 +29,7 @@ func (d *demo) printIstio(ctx context.Context) {
 	for _, dep := range deps.Items {
 		trusted := ""
 		for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
-			if e.Name == "CA_TRUSTED_NODE_ACCOUNTS" {
+			if e.Name == mesh.TrustedNodeAccountsEnv {
 				trusted = e.Value
 			}
 		}
@@ -48,7 +49,7 @@ func selector(m map[string]string) string {
 // printNodes shows each worker's revision label and the ztunnel revisions on it.
 func (d *demo) printNodes(ctx context.Context) {
 	var pods corev1.PodList
-	_ = d.c.List(ctx, &pods, client.InNamespace(seed.IstioNamespace), client.MatchingLabels{"app": "ztunnel"})
+	_ = d.c.List(ctx, &pods, client.InNamespace(seed.IstioNamespace), client.MatchingLabels{mesh.LabelApp: mesh.AppZtunnel})
 	zt := map[string][]string{}
 	for _, p := range pods.Items {
 		zt[p.Spec.NodeName] = append(zt[p.Spec.NodeName], p.Annotations[seed.RevisionKey])

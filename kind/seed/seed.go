@@ -28,12 +28,15 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // Names of the seed topology.
 const (
 	IstioNamespace = "istio-system"
-	RevisionKey    = "istio.io/rev"
+	// RevisionKey is Istio's revision label and annotation (mesh.RevisionKey).
+	RevisionKey = mesh.RevisionKey
 	// Apps are the workloads deployed per revision, two replicas each.
 	AppReplicas = 2
 	// Profile is the charts' profile value: Istio's ambient mode.
@@ -129,7 +132,7 @@ func Install(ctx context.Context, c client.Client, nodes []string, revisions ...
 		return fmt.Errorf("seed: %w", err)
 	}
 	for _, rev := range revisions {
-		if err := create(ctx, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: AppNamespace(rev), Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}); err != nil {
+		if err := create(ctx, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: AppNamespace(rev), Labels: map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}}}); err != nil {
 			return err
 		}
 		for _, app := range Apps {

@@ -2,7 +2,6 @@ package ambient
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -62,13 +61,8 @@ func (d *Driver) Start(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Resul
 	if err == nil {
 		origRoute, err = d.preflight(ctx, u)
 	}
-	var pf *plan.Refusal
-	if errors.As(err, &pf) {
-		d.Refuse(u, pf.Reason, pf.Error())
-		return ctrl.Result{RequeueAfter: drive.PreflightRetry}, nil
-	}
 	if err != nil {
-		return ctrl.Result{}, err
+		return d.NotStarted(u, err)
 	}
 	targets, err := d.pinTargets(ctx, u)
 	if err != nil {

@@ -1,9 +1,13 @@
 package drive
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ztcanary/ztcanary/orchestrator/plan"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,6 +77,18 @@ func (e *Env) Refuse(u *ztv1.RevisionUpgrade, reason, msg string) {
 		e.Recorder.Event(u, EventWarning, reason, msg)
 	}
 	u.Status.Message = msg
+}
+
+// NotStarted ends a pass of an upgrade that could not start: a *plan.Refusal is
+// recorded (Ready=False, an Event) and checked again after PreflightRetry; any other
+// error is the pass's error, retried with backoff.
+func (e *Env) NotStarted(u *ztv1.RevisionUpgrade, err error) (ctrl.Result, error) {
+	var r *plan.Refusal
+	if errors.As(err, &r) {
+		e.Refuse(u, r.Reason, r.Error())
+		return ctrl.Result{RequeueAfter: PreflightRetry}, nil
+	}
+	return ctrl.Result{}, err
 }
 
 // StartRollback records why the upgrade goes back and begins the rollback at stage

@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -67,13 +66,8 @@ func (d *Driver) Start(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Resul
 	if err == nil {
 		err = plan.ValidateNamespaces(&u.Spec, len(scope))
 	}
-	var pf *plan.Refusal
-	if errors.As(err, &pf) {
-		d.Refuse(u, pf.Reason, pf.Error())
-		return ctrl.Result{RequeueAfter: drive.PreflightRetry}, nil
-	}
 	if err != nil {
-		return ctrl.Result{}, err
+		return d.NotStarted(u, err)
 	}
 	inScope := map[string]bool{}
 	for _, n := range scope {

@@ -26,13 +26,8 @@ import (
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-)
 
-// Labels the data plane reads, as Istio's node agent and ztunnel do.
-const (
-	labelDataplaneMode = "istio.io/dataplane-mode"
-	labelRevision      = "istio.io/rev"
-	labelApp           = "app"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 )
 
 // DataPlane is the simulated data plane of some nodes of a cluster.
@@ -227,14 +222,19 @@ type wanted struct {
 	ztunnels map[string]*corev1.Pod // by UID, not terminating
 }
 
+// want reads the informers' caches. Which pods get a namespace is istio-cni's rule
+// (mesh.Enrolled): a pod labelled istio.io/dataplane-mode=ambient in any namespace, a pod
+// of a namespace labelled so unless it opts out; never a hostNetwork pod, a pod with a
+// sidecar or a pod of kube-system. Only the ambient namespaces are listed (by label, from
+// the cache), which is all mesh.Enrolled reads.
 func (d *DataPlane) want() (map[string]*wanted, error) {
-	nss, err := d.nss.List(labels.SelectorFromSet(labels.Set{labelDataplaneMode: "ambient"}))
+	nss, err := d.nss.List(labels.SelectorFromSet(labels.Set{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}))
 	if err != nil {
 		return nil, err
 	}
-	ambientNS := map[string]bool{}
+	nsLabels := make(map[string]map[string]string, len(nss))
 	for _, ns := range nss {
-		ambientNS[ns.Name] = true
+		nsLabels[ns.Name] = ns.Labels
 	}
 	pods, err := d.pods.List(labels.Everything())
 	if err != nil {
@@ -246,40 +246,26 @@ func (d *DataPlane) want() (map[string]*wanted, error) {
 	}
 	for _, p := range pods {
 		nw, ok := w[p.Spec.NodeName]
-		if !ok || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if !ok || mesh.Finished(p) {
 			continue
 		}
 		switch {
-		case p.Namespace == d.cfg.ZtunnelNamespace && p.Labels[labelApp] == "ztunnel":
-			if p.DeletionTimestamp == nil {
+		case mesh.IsZtunnelPod(d.cfg.ZtunnelNamespace, p):
+			if !mesh.Terminating(p) {
 				nw.ztunnels[string(p.UID)] = p
 			}
-		case ambientNS[p.Namespace] && p.Labels[labelDataplaneMode] != "none" && !p.Spec.HostNetwork && len(podIPs(p)) > 0:
-			// A terminating pod keeps its namespace until the API forgets it, as its
-			// sandbox lives until its containers stopped.
+		case mesh.Enrolled(nsLabels[p.Namespace], p) && len(mesh.PodIPs(p)) > 0:
+			// Not mesh.Ambient: a terminating pod keeps its namespace until the API
+			// forgets it, as its sandbox lives until its containers stopped (istio-cni
+			// removes it from ztunnel when the sandbox goes).
 			nw.ambient[string(p.UID)] = p
 		}
 	}
 	return w, nil
 }
 
-func podIPs(p *corev1.Pod) []string {
-	var ips []string
-	for _, ip := range p.Status.PodIPs {
-		ips = append(ips, ip.IP)
-	}
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []string{p.Status.PodIP}
-	}
-	return ips
-}
-
 func refOf(p *corev1.Pod) podRef {
-	rev := p.Annotations[labelRevision]
-	if rev == "" {
-		rev = p.Labels[labelRevision]
-	}
-	return podRef{namespace: p.Namespace, name: p.Name, uid: string(p.UID), node: p.Spec.NodeName, revision: rev}
+	return podRef{namespace: p.Namespace, name: p.Name, uid: string(p.UID), node: p.Spec.NodeName, revision: mesh.Revision(p)}
 }
 
 // reconcile brings the namespaces and stand-ins in line with the API: gone pods
@@ -416,7 +402,7 @@ func (n *node) sortedPods() []*podNetns {
 // ztunnel, and only then publishes it where the agent looks: istio-cni holds a pod
 // until ztunnel has it.
 func (d *DataPlane) addPod(n *node, pod *corev1.Pod) error {
-	ips := podIPs(pod)
+	ips := mesh.PodIPs(pod)
 	for _, other := range d.nodes {
 		for _, p := range other.pods {
 			for _, ip := range p.ips {
