@@ -95,7 +95,7 @@ func decidePromote(u *ztv1.RevisionUpgrade) (decision, error) {
 		return decision{message: fmt.Sprintf("step %d is already promoted (%s=%s)", i, ztv1.AnnotationPromote, value)}, nil
 	}
 	msg := fmt.Sprintf("promoted step %d (%s=%s)", i, ztv1.AnnotationPromote, value)
-	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.StepStage != ztv1.StagePausing || c == nil || c.Reason != "AwaitingPromote" {
+	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused); u.Status.StepStage != ztv1.StagePausing || c == nil || c.Reason != ztv1.ReasonAwaitingPromote {
 		msg += fmt.Sprintf("; the step is still %s and will go on without waiting once it is done", u.Status.StepStage)
 	} else if i+1 < len(u.Spec.Steps) {
 		msg += fmt.Sprintf("; it goes on to step %d", i+1)

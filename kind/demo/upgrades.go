@@ -274,7 +274,7 @@ func (d *demo) promoteEachStep(ctx context.Context, paused func(u *ztv1.Revision
 	return func(u *ztv1.RevisionUpgrade) error {
 		c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionPaused)
 		i := int(u.Status.CurrentStep)
-		if u.Status.Phase != ztv1.PhasePaused || c == nil || c.Reason != "AwaitingPromote" || i <= promoted {
+		if u.Status.Phase != ztv1.PhasePaused || c == nil || c.Reason != ztv1.ReasonAwaitingPromote || i <= promoted {
 			return nil
 		}
 		if err := paused(u, i); err != nil {
