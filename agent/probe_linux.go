@@ -353,16 +353,6 @@ type MapStats struct {
 	Memlock uint64
 }
 
-// TracerStats returns how often the tracepoint program ran and its total run time; the
-// kernel counts them only while BPF statistics are enabled (ebpf.EnableStats).
-func (p *Probe) TracerStats() (runs uint64, runtime time.Duration, err error) {
-	st, err := p.objs.SockSetState.Stats()
-	if err != nil {
-		return 0, 0, fmt.Errorf("tracer stats: %w", err)
-	}
-	return st.RunCount, st.Runtime, nil
-}
-
 // Stats counts the owners map's entries.
 func (p *Probe) Stats() (MapStats, error) {
 	info, err := p.objs.Owners.Info()

@@ -17,7 +17,7 @@ func report(t testing.TB, p *Probe, revs map[uint64]string, pods ...*pod) NodeRe
 	for _, pd := range pods {
 		m[pd.cookie] = pd.name
 	}
-	return BuildReport(owners, ByCgroup(revs), m, DefaultPorts)
+	return BuildReport(owners, byCgroup(revs), m, DefaultPorts)
 }
 
 func describe(rep NodeReport) string {

@@ -100,14 +100,6 @@ func (c Capture) Handoff(from, to string) HandoffState {
 // the owner belongs to no known ztunnel pod.
 type RevisionOf func(o Owner) (rev string, ok bool)
 
-// ByCgroup returns a RevisionOf that looks the owner's cgroup id up in revs.
-func ByCgroup(revs map[uint64]string) RevisionOf {
-	return func(o Owner) (string, bool) {
-		r, ok := revs[o.CgroupID]
-		return r, ok
-	}
-}
-
 // Classify tells which revisions listen among owners.
 func Classify(owners []Owner, revOf RevisionOf) Capture {
 	set := map[string]bool{}

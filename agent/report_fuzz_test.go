@@ -44,7 +44,7 @@ func FuzzBuildReportAndJudge(f *testing.F) {
 	capture := []uint16{15001, 15006, 15008}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		owners := fuzzOwners(data)
-		revOf := ByCgroup(fuzzRevisions)
+		revOf := byCgroup(fuzzRevisions)
 		rep := BuildReport(owners, revOf, pods, capture)
 
 		if len(rep.Pods) != len(pods) || !sort.SliceIsSorted(rep.Pods, func(i, j int) bool { return rep.Pods[i].Pod < rep.Pods[j].Pod }) {

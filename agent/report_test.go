@@ -5,12 +5,20 @@ import (
 	"testing"
 )
 
+// byCgroup returns a RevisionOf that looks the owner's cgroup id up in revs.
+func byCgroup(revs map[uint64]string) RevisionOf {
+	return func(o Owner) (string, bool) {
+		r, ok := revs[o.CgroupID]
+		return r, ok
+	}
+}
+
 func owner(ns uint64, port uint16, cg uint64, listeners int32, accepts uint64) Owner {
 	return Owner{NetnsCookie: ns, Port: port, CgroupID: cg, Listeners: listeners, Accepts: accepts}
 }
 
 func TestClassifyAndHandoff(t *testing.T) {
-	revs := ByCgroup(map[uint64]string{100: "old", 200: "new", 300: "other"})
+	revs := byCgroup(map[uint64]string{100: "old", 200: "new", 300: "other"})
 	tests := []struct {
 		name    string
 		owners  []Owner
@@ -40,7 +48,7 @@ func TestClassifyAndHandoff(t *testing.T) {
 }
 
 func TestBuildReportAndJudge(t *testing.T) {
-	revs := ByCgroup(map[uint64]string{100: "r1", 200: "r2"})
+	revs := byCgroup(map[uint64]string{100: "r1", 200: "r2"})
 	ports := []uint16{15001, 15006, 15008}
 	all := func(ns, cg uint64) []Owner {
 		var os []Owner

@@ -136,7 +136,7 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 		return ctrl.Result{}, nil
 	}
 	before := u.DeepCopy()
-	res, err := r.reconcile(ctx, u)
+	res, err := r.guarded(ctx, u)
 	r.noteError(u, err)
 	wrote, perr := r.patchStatus(ctx, before, u)
 	if perr != nil {
@@ -154,6 +154,22 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 		return ctrl.Result{}, err
 	}
 	return res, nil
+}
+
+// errPanic marks a pass that panicked: the upgrade shows it as Degraded (the pass
+// is retried with backoff), and the process goes on serving the other upgrades.
+var errPanic = errors.New("reconcile pass panicked")
+
+// guarded runs one pass and turns a panic into an error, logged with its stack:
+// no spec or status the API admits may crash the orchestrator into a loop.
+func (r *Reconciler) guarded(ctx context.Context, u *ztv1.RevisionUpgrade) (res ctrl.Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.Log.Error("reconcile pass panicked", zap.String("upgrade", u.Name), zap.Any("panic", p), zap.Stack("stack"))
+			res, err = ctrl.Result{}, fmt.Errorf("%w: %v (a bug in ztcanary: please report it with the orchestrator's log)", errPanic, p)
+		}
+	}()
+	return r.reconcile(ctx, u)
 }
 
 // maxConditionMessage bounds the error text a condition carries.

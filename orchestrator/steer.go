@@ -38,7 +38,20 @@ func (r *Reconciler) reconcile(ctx context.Context, u *ztv1.RevisionUpgrade) (ct
 		u.Status.Message = "paused by request"
 		return ctrl.Result{}, nil
 	}
+	if err := checkStep(u); err != nil {
+		return ctrl.Result{}, err
+	}
 	return r.progress(ctx, d, u)
+}
+
+// checkStep refuses to run a step the spec does not have: a status written under
+// another spec (one edited before the plan's fields were immutable) cannot be
+// continued, only aborted.
+func checkStep(u *ztv1.RevisionUpgrade) error {
+	if i := int(u.Status.CurrentStep); i < 0 || i >= len(u.Spec.Steps) {
+		return fmt.Errorf("status.currentStep %d is not a step of spec.steps (%d steps): the plan changed under the upgrade; abort it (ztcanary abort %s) and create a new one", i, len(u.Spec.Steps), u.Name)
+	}
+	return nil
 }
 
 // progress resumes an upgrade paused by request, asks the driver whether to hold,

@@ -6,8 +6,10 @@
 // For the nodes it is given, a DataPlane follows the API (informers on pods and
 // namespaces) and materializes what a kubelet, a CNI and Istio's ztunnel would:
 //
-//   - every ambient pod (in a namespace labelled istio.io/dataplane-mode=ambient, not
-//     opted out, not hostNetwork) gets a network namespace holding the pod's IPs on its
+//   - every pod istio-cni would enrol (mesh.Enrolled: its namespace or the pod itself
+//     labelled istio.io/dataplane-mode=ambient, not opted out, not hostNetwork, no
+//     sidecar; kept until the API forgets it, as a sandbox outlives the deletion)
+//     gets a network namespace holding the pod's IPs on its
 //     loopback interface, bind-mounted as <Dir>/netns/cni-<pod uid> like a CRI does, so
 //     the agent (flag --netns-dirs) finds it by the pod's IP;
 //   - every ztunnel pod (app=ztunnel in the ztunnel namespace; the revision is the

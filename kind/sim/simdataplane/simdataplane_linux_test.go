@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/internal/mesh"
 	"github.com/ztcanary/ztcanary/kind/seed"
 	"github.com/ztcanary/ztcanary/kind/sim"
 	"github.com/ztcanary/ztcanary/kind/sim/simdataplane"
@@ -163,6 +164,55 @@ func (w *world) ambientOn(t *testing.T, node string) []string {
 	return out
 }
 
+// newPod creates a bare pod on node (in namespace ns, created not enrolled if new) and
+// returns it once kwok gave it an IP.
+func (w *world) newPod(t *testing.T, ns, name string, labels, annotations map[string]string, node string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	if err := w.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); client.IgnoreAlreadyExists(err) != nil {
+		t.Fatal(err)
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels, Annotations: annotations},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "fake"}},
+			AutomountServiceAccountToken: new(bool)},
+	}
+	// A new namespace gets its default ServiceAccount a moment later.
+	eventually(t, "pod "+ns+"/"+name+" created", 30*time.Second, func() (bool, string) {
+		err := w.c.Create(ctx, p)
+		return client.IgnoreAlreadyExists(err) == nil, fmt.Sprint(err)
+	})
+	eventually(t, "pod "+ns+"/"+name+" to get an IP", 30*time.Second, func() (bool, string) {
+		if err := w.c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			return false, err.Error()
+		}
+		return p.Status.PodIP != "", "no IP"
+	})
+	return p
+}
+
+// nodeState is node's part of st.
+func nodeState(st simdataplane.State, node string) simdataplane.NodeState {
+	for _, n := range st.Nodes {
+		if n.Name == node {
+			return n
+		}
+	}
+	return simdataplane.NodeState{}
+}
+
+// netnsOf lists the pods of namespace ns that have a network namespace on node.
+func netnsOf(st simdataplane.State, node, ns string) []string {
+	var out []string
+	for _, p := range nodeState(st, node).Pods {
+		if p.Namespace == ns {
+			out = append(out, p.Namespace+"/"+p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // capture reads node's NodeCapture (nil if none yet).
 func (w *world) capture(t *testing.T, node string) *ztv1.NodeCapture {
 	t.Helper()
@@ -284,6 +334,70 @@ func TestDataPlane(t *testing.T) {
 			}
 			return w.capturedBy(t, node, revA)
 		})
+		if err := dp.Err(); err != nil {
+			t.Errorf("data plane: %v", err)
+		}
+	})
+
+	t.Run("a pod labelled ambient in a namespace not enrolled is captured and reported", func(t *testing.T) {
+		// istio-cni enrols a pod labelled istio.io/dataplane-mode=ambient whatever its
+		// namespace's labels, and never a pod with a sidecar; the data plane and the
+		// agent must both follow it (mesh.Ambient), not the namespace's label alone.
+		dp := w.start(t, simdataplane.Config{})
+		node := w.workers[0]
+		const ns = "not-enrolled"
+		ambient := map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}
+		pods := []*corev1.Pod{
+			w.newPod(t, ns, "opted-in", ambient, nil, node),
+			w.newPod(t, ns, "plain", nil, nil, node),
+			w.newPod(t, ns, "with-sidecar", ambient, map[string]string{mesh.AnnotationSidecarStatus: `{"containers":["istio-proxy"],"revision":"` + revA + `"}`}, node),
+		}
+		t.Cleanup(func() {
+			// Later subtests expect the seed's pods alone on the node.
+			for _, p := range pods {
+				if err := w.c.Delete(ctx, p, client.GracePeriodSeconds(0)); client.IgnoreNotFound(err) != nil {
+					t.Errorf("delete pod %s: %v", p.Name, err)
+				}
+			}
+			eventually(t, "the data plane to drop "+ns+"/opted-in", 30*time.Second, func() (bool, string) {
+				got := netnsOf(dp.State(), node, ns)
+				return len(got) == 0, fmt.Sprintf("namespaces of %v", got)
+			})
+		})
+		want := append(w.ambientOn(t, node), ns+"/opted-in")
+		sort.Strings(want)
+
+		eventually(t, "a network namespace for "+ns+"/opted-in only", 30*time.Second, func() (bool, string) {
+			got := netnsOf(dp.State(), node, ns)
+			return slices.Equal(got, []string{ns + "/opted-in"}), fmt.Sprintf("namespaces of %v", got)
+		})
+		eventually(t, "the agent of "+node+" to report "+ns+"/opted-in captured by "+revA, time.Minute, func() (bool, string) {
+			nc := w.capture(t, node)
+			if nc == nil {
+				return false, "no NodeCapture"
+			}
+			var got []string
+			for _, p := range nc.Status.Pods {
+				got = append(got, fmt.Sprintf("%s/%s=%s(%s)", p.Namespace, p.Name, p.State, p.CapturedBy))
+				if p.State != ztv1.CaptureSingle || p.CapturedBy != revA {
+					return false, strings.Join(got, " ")
+				}
+			}
+			var names []string
+			for _, p := range nc.Status.Pods {
+				names = append(names, p.Namespace+"/"+p.Name)
+			}
+			sort.Strings(names)
+			if !slices.Equal(names, want) {
+				return false, fmt.Sprintf("reports %v, want %v", names, want)
+			}
+			return nc.Status.Verdict == ztv1.VerdictMatch, fmt.Sprintf("verdict %s: %s", nc.Status.Verdict, nc.Status.Message)
+		})
+		for _, z := range nodeState(dp.State(), node).Ztunnels {
+			if !slices.Contains(z.Serving, ns+"/opted-in") {
+				t.Errorf("ztunnel %s serves %v, not %s/opted-in", z.Name, z.Serving, ns)
+			}
+		}
 		if err := dp.Err(); err != nil {
 			t.Errorf("data plane: %v", err)
 		}
