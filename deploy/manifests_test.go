@@ -145,7 +145,7 @@ func TestRBACRules(t *testing.T) {
 			"networking.istio.io/virtualservices: get,patch",
 			"ztcanary.io/nodecaptures: list,watch",
 			"ztcanary.io/revisionupgrades/status: patch",
-			"ztcanary.io/revisionupgrades: list,watch",
+			"ztcanary.io/revisionupgrades: list,watch,patch",
 		}},
 		{"Role", "ztcanary-orchestrator-leader-election", []string{
 			"coordination.k8s.io/leases: get,create,update",

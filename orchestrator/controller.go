@@ -132,11 +132,25 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 	if err := r.Client.Get(ctx, req.NamespacedName, u); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if u.Status.Phase.Terminal() {
-		return ctrl.Result{}, nil
+	if u.Status.Phase.Terminal() || (deleting(u) && !started(u)) {
+		return ctrl.Result{}, r.release(ctx, u)
+	}
+	if started(u) && !deleting(u) {
+		if err := r.owned(ctx, u); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	before := u.DeepCopy()
 	res, err := r.guarded(ctx, u)
+	if err == nil && started(u) && !started(before) {
+		// Owned before the start is recorded, so before anything moves; a refused
+		// upgrade is not written to.
+		if err = r.owned(ctx, u); err == nil {
+			before.ResourceVersion = u.ResourceVersion
+		} else {
+			return ctrl.Result{}, err
+		}
+	}
 	r.noteError(u, err)
 	wrote, perr := r.patchStatus(ctx, before, u)
 	if perr != nil {
@@ -147,6 +161,9 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 	}
 	if wrote {
 		r.observe(before, u)
+	}
+	if perr == nil && u.Status.Phase.Terminal() {
+		err = errors.Join(err, r.release(ctx, u))
 	}
 	if err != nil {
 		// Not logged here: controller-runtime logs it once and retries with backoff

@@ -24,9 +24,11 @@ func (r *Reconciler) reconcile(ctx context.Context, u *ztv1.RevisionUpgrade) (ct
 	if u.Status.Phase == ztv1.PhaseRollingBack {
 		return r.rollback(ctx, d, u)
 	}
-	started := u.Status.Phase != "" && u.Status.Phase != ztv1.PhasePending
-	if !started {
+	if !started(u) {
 		return d.Start(ctx, u)
+	}
+	if deleting(u) {
+		return r.rollBackDeleted(d, u)
 	}
 	if u.Annotations[ztv1.AnnotationAbort] == "true" {
 		r.StartRollback(u, d.RollbackStage(), ztv1.ReasonAborted, "aborted by request (annotation "+ztv1.AnnotationAbort+")")

@@ -66,6 +66,7 @@ func TestAdmissionRefusesBadInputWithAClearMessage(t *testing.T) {
 	cases = append(cases, ambientRefusals()...)
 	cases = append(cases, sidecarRefusals()...)
 	cases = append(cases, changeRefusals()...)
+	cases = append(cases, immutableRefusals()...)
 	cases = append(cases, captureRefusals()...)
 	rows := runRefusals(t, c, cases, rules)
 	if len(rows) != len(cases) {

@@ -89,10 +89,18 @@ const (
 	ReasonInventoried = "Inventoried"
 )
 
+// FinalizerRollback is the finalizer the orchestrator puts on an upgrade before it
+// moves anything: deleting an upgrade in progress rolls it back (as an abort does)
+// before the object goes; a finished or never-started upgrade goes at once. With no
+// orchestrator running (uninstalled), remove it by hand to delete an upgrade:
+// kubectl patch ru NAME --type merge -p '{"metadata":{"finalizers":null}}'.
+const FinalizerRollback = "ztcanary.io/rollback"
+
 // Reasons a rollback starts (the Progressing=False condition, an Event and the
 // ztcanary_rollbacks_total label).
 const (
 	ReasonAborted              = "Aborted"
+	ReasonDeleted              = "Deleted"
 	ReasonPinningTimedOut      = "PinningTimedOut"
 	ReasonStepTimedOut         = "StepTimedOut"
 	ReasonVerificationTimedOut = "VerificationTimedOut"

@@ -27,11 +27,12 @@ func (e *Env) SetPhase(u *ztv1.RevisionUpgrade, p ztv1.Phase) {
 	if u.Status.Phase == p {
 		return
 	}
-	e.Recorder.Eventf(u, EventNormal, string(p), "phase %s → %s", phaseOrNone(u.Status.Phase), p)
+	e.Recorder.Eventf(u, EventNormal, string(p), "phase %s → %s", PhaseOrNone(u.Status.Phase), p)
 	u.Status.Phase = p
 }
 
-func phaseOrNone(p ztv1.Phase) string {
+// PhaseOrNone names a phase for a message ("None" before the first).
+func PhaseOrNone(p ztv1.Phase) string {
 	if p == "" {
 		return "None"
 	}
@@ -101,6 +102,12 @@ func (e *Env) StartRollback(u *ztv1.RevisionUpgrade, first ztv1.Stage, reason, m
 		e.Recorder.Event(u, EventWarning, reason, msg)
 		return
 	}
+	e.BeginRollback(u, first, reason, msg)
+}
+
+// BeginRollback begins the rollback at stage first, whatever spec.rollback says (an
+// upgrade being deleted rolls back: its record of what to restore is about to go).
+func (e *Env) BeginRollback(u *ztv1.RevisionUpgrade, first ztv1.Stage, reason, msg string) {
 	e.SetPhase(u, ztv1.PhaseRollingBack)
 	e.SetStage(u, first)
 	SetCondition(u, ztv1.ConditionProgressing, metav1.ConditionFalse, reason, msg)
