@@ -75,7 +75,7 @@ bench: sim-binaries optional-binaries
 
 FUZZTIME   ?= 60s
 CRASH_RUNS ?= 30
-FUZZ_TARGETS := ./api/v1alpha1:FuzzAdmission ./orchestrator:FuzzValidatePlan ./orchestrator:FuzzTargetNodes \
+FUZZ_TARGETS := ./api/v1alpha1:FuzzAdmission ./orchestrator/plan:FuzzValidatePlan ./orchestrator/plan:FuzzTargetNodes ./orchestrator:FuzzReconcilePass \
 	./agent:FuzzParseProcCgroup ./agent:FuzzPodUIDFromCgroupPath ./agent:FuzzBuildReportAndJudge
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
