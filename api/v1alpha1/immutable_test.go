@@ -18,7 +18,7 @@ import (
 func startedUpgrade() *ztv1.RevisionUpgrade {
 	u := validUpgrade()
 	u.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "blue"}}
-	u.Spec.Workloads = []ztv1.WorkloadPin{{Namespace: "bookinfo-1-18-1", Revision: "1-18-1"}}
+	u.Spec.Workloads = []ztv1.WorkloadPin{{Namespace: "bookinfo-1-18-0", Revision: "1-18-0-alpha-0"}, {Namespace: "bookinfo-1-18-1", Revision: "1-18-1"}}
 	u.Spec.Route = &ztv1.RouteSpec{HTTPRoute: &ztv1.ObjectRef{Namespace: "bookinfo", Name: "reviews"},
 		Stable: ztv1.BackendRef{Namespace: "bookinfo", Name: "reviews-v1", Port: 9080},
 		Canary: ztv1.BackendRef{Namespace: "bookinfo", Name: "reviews-v2", Port: 9080}}
@@ -61,11 +61,8 @@ var planChanges = map[string]func(*ztv1.RevisionUpgrade){
 	"nodeSelector": func(u *ztv1.RevisionUpgrade) { u.Spec.NodeSelector = nil },
 	"nodeStrategy": func(u *ztv1.RevisionUpgrade) { u.Spec.NodeStrategy = ztv1.NodeStrategyHandoff },
 	"ztunnel":      func(u *ztv1.RevisionUpgrade) { u.Spec.Ztunnel.Namespace = "istio-ztunnel" },
-	"workloads": func(u *ztv1.RevisionUpgrade) {
-		u.Spec.Workloads = append(u.Spec.Workloads, ztv1.WorkloadPin{Namespace: "x", Revision: "1-18-1"})
-	},
-	"route": func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Canary.Port = 8080 },
-	"steps": func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = u.Spec.Steps[2:] },
+	"route":        func(u *ztv1.RevisionUpgrade) { u.Spec.Route.Canary.Port = 8080 },
+	"steps":        func(u *ztv1.RevisionUpgrade) { u.Spec.Steps = u.Spec.Steps[2:] },
 }
 
 // immutableRefusals are changes of a started upgrade's plan.
@@ -128,6 +125,12 @@ func TestPlanIsMutableUntilStarted(t *testing.T) {
 		}
 		if got.Spec.StepTimeout.Duration != 42*time.Second || got.Spec.Analysis.AgentVerification != ztv1.AgentVerificationRequired {
 			t.Errorf("the accepted change was not stored: %+v", got.Spec)
+		}
+		// The orchestrator's later status writes pass the rules (they see the spec
+		// unchanged, every plan field set).
+		got.Status.CurrentStep, got.Status.Message = 1, "step 1"
+		if err := c.Status().Update(ctx, got); err != nil {
+			t.Errorf("a status write of a started upgrade was refused: %v", err)
 		}
 	})
 }
