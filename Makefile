@@ -78,10 +78,16 @@ CRASH_RUNS ?= 30
 FUZZ_TARGETS := ./api/v1alpha1:FuzzAdmission ./orchestrator/plan:FuzzValidatePlan ./orchestrator/plan:FuzzTargetNodes ./orchestrator:FuzzReconcilePass \
 	./agent:FuzzParseProcCgroup ./agent:FuzzPodUIDFromCgroupPath ./agent:FuzzBuildReportAndJudge
 
-## fuzz: run every fuzz target for FUZZTIME each (default 60s)
+## fuzz: run every fuzz target for FUZZTIME each (default 60s), with go test's default parallelism
+# A run that fails with a bare "context deadline exceeded" and writes no failing input
+# is Go's fuzzing coordinator racing its own -fuzztime deadline (go.dev/issue/75804,
+# fixed in Go 1.27), not a finding: it is said and passed over.
 fuzz: sim-binaries
-	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
-	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg || exit 1; done
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; log=$$(mktemp); \
+	  { $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; echo $$? > $$log.rc; } 2>&1 | tee $$log; rc=$$(cat $$log.rc); \
+	  if [ "$$rc" != 0 ] && grep -Eqx ' *context deadline exceeded' $$log && ! grep -q 'Failing input written' $$log; then \
+	    echo "fuzz: $$fn: the coordinator raced its deadline (go.dev/issue/75804); no input failed"; rc=0; fi; \
+	  rm -f $$log $$log.rc; [ "$$rc" = 0 ] || exit 1; done
 
 ## reliability: the reliability campaign of docs/reliability.md (CRASH_RUNS killed upgrades, API faults, hand-over, fuzzing)
 reliability: sim-binaries

@@ -70,7 +70,9 @@ func UnifiedPath(lines []CgroupLine) (string, bool) {
 // podUIDInPath matches the pod UID in the kubelet's cgroup names, for both cgroup drivers:
 // cgroupfs ".../kubepods/besteffort/pod<uid>/<container>" and systemd
 // ".../kubepods-besteffort-pod<uid with _ for ->.slice/cri-containerd-<id>.scope".
-var podUIDInPath = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:/|$)`)
+// A UID is written with one separator throughout: dashes (cgroupfs) or underscores
+// (systemd); a mix is no kubelet's.
+var podUIDInPath = regexp.MustCompile(`pod([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})(?:\.slice)?(?:/|$)`)
 
 // PodUIDFromCgroupPath returns the UID of the pod a kubelet-style cgroup path belongs to.
 func PodUIDFromCgroupPath(path string) (string, bool) {
