@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,34 +24,9 @@ func startedUpgrade() *ztv1.RevisionUpgrade {
 	return u
 }
 
-// changedOnceStarted creates base() as "existing", records it as started (phase
-// Progressing, through the status subresource as the orchestrator does), then
-// sends change of it as an update, and reports it if the stored spec changed anyway.
+// changedOnceStarted sends change of an upgrade the orchestrator has started.
 func changedOnceStarted(base func() *ztv1.RevisionUpgrade, change func(*ztv1.RevisionUpgrade)) func(*testing.T, client.Client) error {
-	return func(t *testing.T, c client.Client) error {
-		ctx := context.Background()
-		u := base()
-		u.Name = "existing"
-		if err := c.Create(ctx, u); err != nil {
-			t.Fatalf("create the valid upgrade: %v", err)
-		}
-		t.Cleanup(func() { _ = c.Delete(ctx, u) })
-		u.Status.Phase = ztv1.PhaseProgressing
-		if err := c.Status().Update(ctx, u); err != nil {
-			t.Fatalf("record the upgrade as started: %v", err)
-		}
-		stored := u.DeepCopy()
-		change(u)
-		err := c.Update(ctx, u)
-		got := &ztv1.RevisionUpgrade{}
-		if gerr := c.Get(ctx, client.ObjectKey{Name: u.Name}, got); gerr != nil {
-			t.Fatal(gerr)
-		}
-		if !equality.Semantic.DeepEqual(got.Spec, stored.Spec) {
-			t.Errorf("refused update changed the spec:\n%+v\nwas\n%+v", got.Spec, stored.Spec)
-		}
-		return err
-	}
+	return changedIn(ztv1.PhaseProgressing, base, change)
 }
 
 // planChanges are the changes of each field that shapes the plan.

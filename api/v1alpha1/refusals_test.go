@@ -218,6 +218,12 @@ func created(base func() *ztv1.RevisionUpgrade, mutate func(*ztv1.RevisionUpgrad
 // changed creates base() as RevisionUpgrade "existing", then sends change of it
 // as an update, and reports it if the stored spec changed anyway.
 func changed(base func() *ztv1.RevisionUpgrade, change func(*ztv1.RevisionUpgrade)) func(*testing.T, client.Client) error {
+	return changedIn("", base, change)
+}
+
+// changedIn is changed, with the upgrade first recorded in phase (through the
+// status subresource, as the orchestrator does) unless phase is "".
+func changedIn(phase ztv1.Phase, base func() *ztv1.RevisionUpgrade, change func(*ztv1.RevisionUpgrade)) func(*testing.T, client.Client) error {
 	return func(t *testing.T, c client.Client) error {
 		ctx := context.Background()
 		u := base()
@@ -226,6 +232,12 @@ func changed(base func() *ztv1.RevisionUpgrade, change func(*ztv1.RevisionUpgrad
 			t.Fatalf("create the valid upgrade: %v", err)
 		}
 		t.Cleanup(func() { _ = c.Delete(ctx, u) })
+		if phase != "" {
+			u.Status.Phase = phase
+			if err := c.Status().Update(ctx, u); err != nil {
+				t.Fatalf("record the upgrade as %s: %v", phase, err)
+			}
+		}
 		stored := u.DeepCopy()
 		change(u)
 		err := c.Update(ctx, u)
