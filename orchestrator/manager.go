@@ -146,7 +146,7 @@ func NewManager(cfg *rest.Config, log *zap.Logger, opts Options) (ctrl.Manager, 
 		return nil, nil, err
 	}
 	recorder := mgr.GetEventRecorderFor("ztcanary-orchestrator")
-	r := NewReconciler(&drive.Env{Client: mgr.GetClient(), Recorder: recorder, Log: log.Named("orchestrator")},
+	r := NewReconciler(&drive.Env{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, Log: log.Named("orchestrator")},
 		ambient.Routers(kube, gw, istio), ambient.TrafficGate{Recorder: recorder})
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, nil, fmt.Errorf("set up reconciler: %w", err)

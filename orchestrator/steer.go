@@ -25,6 +25,9 @@ func (r *Reconciler) reconcile(ctx context.Context, u *ztv1.RevisionUpgrade) (ct
 		return r.rollback(ctx, d, u)
 	}
 	if !started(u) {
+		if wait, err := r.waitForOthers(ctx, u); wait || err != nil {
+			return waiting(), err
+		}
 		return d.Start(ctx, u)
 	}
 	if deleting(u) {

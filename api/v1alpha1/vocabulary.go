@@ -59,6 +59,9 @@ const (
 	ReasonPreflightPassed = "PreflightPassed"
 	// Ready=False: the spec does not fit the cluster (a refusal; nothing changed).
 	ReasonInvalidSpec = "InvalidSpec"
+	// Ready=False: another upgrade in progress changes the same nodes, ztunnel
+	// DaemonSets, route or namespaces; this one starts by itself when that one ends.
+	ReasonWaitingForUpgrade = "WaitingForUpgrade"
 
 	// Progressing.
 	ReasonStarted   = "Started"

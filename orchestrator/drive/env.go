@@ -24,6 +24,17 @@ type Env struct {
 	Stores *Stores
 	// MaxEvictions bounds evictions per pass and call of Evict (default 10).
 	MaxEvictions int
+	// Reader reads from the API server itself, not the cache, for decisions that
+	// must see the last write (which upgrade runs); nil: Client.
+	Reader client.Reader
+}
+
+// Live is the reader for decisions that must see the API server's last write.
+func (e *Env) Live() client.Reader {
+	if e.Reader != nil {
+		return e.Reader
+	}
+	return e.Client
 }
 
 // Timing every driver shares.
