@@ -280,7 +280,11 @@ func TestSimUpgradeSteeredByTheCLI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("status --watch: %v\n%s", err, out)
 	}
-	u = e.waitFor(name, "Succeeded", time.Second, func(u *ztv1.RevisionUpgrade) bool { return u.Status.Phase == ztv1.PhaseSucceeded })
+	// Succeeded, and released by the orchestrator (its finalizer removed: its last
+	// write), so a later change of the object can only be the CLI's.
+	u = e.waitFor(name, "Succeeded and released", 30*time.Second, func(u *ztv1.RevisionUpgrade) bool {
+		return u.Status.Phase == ztv1.PhaseSucceeded && len(u.Finalizers) == 0
+	})
 	if !strings.Contains(out, "Succeeded · step 1 of steps 0-1") || !strings.Contains(out, "[####################] 4/4 nodes on "+toRev) {
 		t.Errorf("the last frame does not show the success:\n%s", out)
 	}
