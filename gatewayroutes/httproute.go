@@ -49,7 +49,7 @@ func (r *HTTPRouteRouter) logger() *zap.Logger {
 func (r *HTTPRouteRouter) get(ctx context.Context) (*gatewayv1.HTTPRoute, error) {
 	route, err := r.Gateway.GatewayV1().HTTPRoutes(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%w: httproute %s/%s not found", ErrRoute, r.Namespace, r.Name)
+		return nil, fmt.Errorf("%w: httproute %s/%s not found", ErrRouteNotFound, r.Namespace, r.Name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get httproute %s/%s: %w", r.Namespace, r.Name, err)

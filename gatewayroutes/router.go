@@ -93,7 +93,15 @@ var (
 	ErrReferenceNotPermitted = errors.New("cross-namespace reference not permitted")
 	// ErrRoute marks a route that cannot be shifted (not found, no rule to the stable backend).
 	ErrRoute = errors.New("route not usable")
+	// ErrRouteNotFound marks a route that does not exist; it is an ErrRoute too, and
+	// reads the same.
+	ErrRouteNotFound error = routeNotFound{}
 )
+
+type routeNotFound struct{}
+
+func (routeNotFound) Error() string { return ErrRoute.Error() }
+func (routeNotFound) Unwrap() error { return ErrRoute }
 
 // DetectDrift compares the split ztcanary last set with the one the route carries and
 // describes each difference. An empty result means no drift. The orchestrator pauses

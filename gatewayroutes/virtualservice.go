@@ -49,7 +49,7 @@ var _ Router = (*VirtualServiceRouter)(nil)
 func (r *VirtualServiceRouter) get(ctx context.Context) (*istionetworkingv1.VirtualService, error) {
 	vs, err := r.Istio.NetworkingV1().VirtualServices(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%w: virtualservice %s/%s not found", ErrRoute, r.Namespace, r.Name)
+		return nil, fmt.Errorf("%w: virtualservice %s/%s not found", ErrRouteNotFound, r.Namespace, r.Name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get virtualservice %s/%s: %w", r.Namespace, r.Name, err)

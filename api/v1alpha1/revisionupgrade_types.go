@@ -568,6 +568,20 @@ type GatewayStatus struct {
 	InScope bool `json:"inScope,omitempty"`
 }
 
+// UnrestoredObject is an object a rollback could not restore, and why.
+type UnrestoredObject struct {
+	// Kind of the object (Node, HTTPRoute, VirtualService, DaemonSet, Deployment,
+	// StatefulSet).
+	Kind string `json:"kind"`
+	// Namespace of the object ("" for a node).
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the object.
+	Name string `json:"name"`
+	// Reason it was not restored.
+	Reason string `json:"reason"`
+}
+
 // RevisionUpgradeStatus tells where the upgrade is and why it waits.
 type RevisionUpgradeStatus struct {
 	// ObservedGeneration is the generation last acted on.
@@ -630,6 +644,11 @@ type RevisionUpgradeStatus struct {
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +optional
 	OriginalRoute *runtime.RawExtension `json:"originalRoute,omitempty"`
+	// Unrestored lists what a rollback could not restore (an object that no longer
+	// exists); the RolledBack condition then has reason Incomplete.
+	// +kubebuilder:validation:MaxItems=1024
+	// +optional
+	Unrestored []UnrestoredObject `json:"unrestored,omitempty"`
 	// Message says, for a person, what the upgrade waits for or why it stopped.
 	// +optional
 	Message string `json:"message,omitempty"`

@@ -83,6 +83,9 @@ const (
 	// RolledBack.
 	ReasonRollingBack = "RollingBack"
 	ReasonRolledBack  = "RolledBack"
+	// ReasonIncomplete: the rollback ended, but status.unrestored lists what it
+	// could not restore.
+	ReasonIncomplete = "Incomplete"
 
 	// Degraded.
 	ReasonReconcileError = "ReconcileError"

@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -427,7 +428,11 @@ func (d *Driver) restorePins(ctx context.Context, u *ztv1.RevisionUpgrade) error
 		drive.CountWrite("pin")
 		err = d.Client.Patch(ctx, objectFor(rec.Kind, rec.Namespace, rec.Name),
 			client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
-		if client.IgnoreNotFound(err) != nil {
+		if apierrors.IsNotFound(err) {
+			drive.Unrestored(u, rec.Kind, rec.Namespace, rec.Name, "deleted during the upgrade")
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("restore pinning of %s %s/%s: %w", rec.Kind, rec.Namespace, rec.Name, err)
 		}
 	}

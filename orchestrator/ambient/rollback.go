@@ -2,14 +2,17 @@ package ambient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ztv1 "github.com/ztcanary/ztcanary/api/v1alpha1"
+	"github.com/ztcanary/ztcanary/gatewayroutes"
 	"github.com/ztcanary/ztcanary/internal/mesh"
 	"github.com/ztcanary/ztcanary/orchestrator/drive"
 	"github.com/ztcanary/ztcanary/orchestrator/plan"
@@ -46,7 +49,14 @@ func (d *Driver) Rollback(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Re
 }
 
 func (d *Driver) rollbackRoute(ctx context.Context, u *ztv1.RevisionUpgrade) error {
-	if err := d.restoreRoute(ctx, u); err != nil {
+	err := d.restoreRoute(ctx, u)
+	switch {
+	case errors.Is(err, gatewayroutes.ErrRouteNotFound) || apierrors.IsNotFound(err):
+		// Deleted: nothing to wait for, nothing to restore; the rest goes back.
+		kind, ns, name := routeRef(u.Spec.Route)
+		drive.Unrestored(u, kind, ns, name, "deleted during the upgrade")
+		d.Recorder.Eventf(u, drive.EventWarning, "RouteGone", "%s %s/%s no longer exists: nothing to restore there, rolling back the rest", kind, ns, name)
+	case err != nil:
 		return fmt.Errorf("restore route: %w", err)
 	}
 	u.Status.TrafficWeight, u.Status.TrafficStep = 0, nil
@@ -78,6 +88,7 @@ func (d *Driver) rollbackNodes(ctx context.Context, u *ztv1.RevisionUpgrade) (ct
 		}
 		if _, ok := w.nodes[n.Name]; !ok {
 			n.Phase = ztv1.NodeRestored // gone from the cluster: nothing to restore
+			drive.Unrestored(u, "Node", "", n.Name, "deleted during the upgrade")
 			continue
 		}
 		todo = append(todo, n)
@@ -159,4 +170,17 @@ func (d *Driver) canaryPodsOnRestoredNodes(ctx context.Context, u *ztv1.Revision
 		}
 	}
 	return out, nil
+}
+
+// routeRef names the route of a route spec, as a kind, namespace and name.
+func routeRef(rs *ztv1.RouteSpec) (kind, ns, name string) {
+	switch {
+	case rs == nil:
+		return "Route", "", ""
+	case rs.HTTPRoute != nil:
+		return "HTTPRoute", rs.HTTPRoute.Namespace, rs.HTTPRoute.Name
+	case rs.VirtualService != nil:
+		return "VirtualService", rs.VirtualService.Namespace, rs.VirtualService.Name
+	}
+	return "Route", "", ""
 }

@@ -124,10 +124,29 @@ func (e *Env) FinishRollback(u *ztv1.RevisionUpgrade) {
 	if c := meta.FindStatusCondition(u.Status.Conditions, ztv1.ConditionRolledBack); c != nil {
 		why = "rolled back: " + strings.TrimPrefix(c.Message, "rolling back: ")
 	}
-	SetCondition(u, ztv1.ConditionRolledBack, metav1.ConditionTrue, ztv1.ReasonRolledBack, why)
+	reason := ztv1.ReasonRolledBack
+	if n := len(u.Status.Unrestored); n > 0 {
+		reason = ztv1.ReasonIncomplete
+		var names []string
+		for _, o := range u.Status.Unrestored {
+			names = append(names, o.Kind+" "+strings.TrimPrefix(o.Namespace+"/"+o.Name, "/")+" ("+o.Reason+")")
+		}
+		why += fmt.Sprintf("; %d objects not restored: %s", n, Summarize(names))
+	}
+	SetCondition(u, ztv1.ConditionRolledBack, metav1.ConditionTrue, reason, why)
 	e.SetPhase(u, ztv1.PhaseRolledBack)
 	e.SetStage(u, ztv1.StageDone)
 	u.Status.Message = why
+}
+
+// Unrestored records that a rollback could not restore an object (once).
+func Unrestored(u *ztv1.RevisionUpgrade, kind, ns, name, reason string) {
+	for _, o := range u.Status.Unrestored {
+		if o.Kind == kind && o.Namespace == ns && o.Name == name {
+			return
+		}
+	}
+	u.Status.Unrestored = append(u.Status.Unrestored, ztv1.UnrestoredObject{Kind: kind, Namespace: ns, Name: name, Reason: reason})
 }
 
 // Summarize joins what a pass waits for, naming the first three.
