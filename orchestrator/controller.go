@@ -145,11 +145,10 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, req reconcile.Request) (
 	if err == nil && started(u) && !started(before) {
 		// Owned before the start is recorded, so before anything moves; a refused
 		// upgrade is not written to.
-		if err = r.owned(ctx, u); err == nil {
-			before.ResourceVersion = u.ResourceVersion
-		} else {
+		if err := r.owned(ctx, u); err != nil {
 			return ctrl.Result{}, err
 		}
+		before.ResourceVersion = u.ResourceVersion
 	}
 	r.noteError(u, err)
 	wrote, perr := r.patchStatus(ctx, before, u)

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -57,7 +58,7 @@ func (d *Driver) Start(ctx context.Context, u *ztv1.RevisionUpgrade) (ctrl.Resul
 	if err == nil {
 		err = validate(u, scope)
 	}
-	var origRoute = u.Status.OriginalRoute
+	var origRoute *runtime.RawExtension
 	if err == nil {
 		origRoute, err = d.preflight(ctx, u)
 	}
